@@ -1,0 +1,51 @@
+"""The public entry points: ``compile``, ``optimize``."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+from .backends.llvm.compiler import compile_ir
+from .backends.llvm.module import build_module
+from .backends.llvm.target import Target, host_target, named_target
+from .errors import LeptonError
+from .frontends.onnx import ModelSource, import_model, load_onnx
+from .ir import Graph
+from .passes import PassOptions, optimize_graph
+from .runtime.model import CompiledModel, TensorInfo
+
+
+def optimize(model: ModelSource, opt_level: int = 3, *, verify: bool = False,
+             after_pass: Optional[Callable] = None) -> Graph:
+    """Import an ONNX model and run the passes of ``opt_level``; returns the IR graph."""
+    return optimize_graph(import_model(model), opt_level, PassOptions(verify=verify), after_pass)
+
+
+def resolve_target(mcpu: Optional[str]) -> Target:
+    return host_target() if mcpu is None else named_target(mcpu)
+
+
+def compile(model: ModelSource, target: str = "cpu", opt_level: int = 3, quantize: Optional[str] = None,
+            calibration=None, providers=None, threads: Optional[int] = None, *, mcpu: Optional[str] = None,
+            verify: bool = False, after_pass: Optional[Callable] = None) -> CompiledModel:
+    """Compile an ONNX model (path, bytes or ModelProto) to native code for this CPU (or ``mcpu``)."""
+    if target != "cpu":
+        raise LeptonError(f"target {target!r} is not available in this version; use target='cpu'")
+    if quantize is not None:
+        raise LeptonError(f"quantize={quantize!r} is not available in this version; use quantize=None")
+    if providers is not None:
+        raise LeptonError("providers= applies to target='ort', which is not available in this version")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise LeptonError(f"threads must be a positive int or None, not {threads!r}")
+    proto = load_onnx(model)
+    model_bytes = proto.SerializeToString()
+    graph = optimize(proto, opt_level, verify=verify, after_pass=after_pass)
+    spec = resolve_target(mcpu)
+    module, plan = build_module(graph, spec.triple)
+    native = compile_ir(str(module), spec)
+    return CompiledModel(
+        inputs=[TensorInfo(v.name, v.type.dtype, v.type.shape) for v in graph.inputs],
+        outputs=[TensorInfo(v.name, v.type.dtype, v.type.shape) for v in graph.outputs],
+        native=native, constants=plan.constants, constant_names=plan.constant_names,
+        workspace=plan.workspace, batch_symbol=plan.batch_symbol, model_bytes=model_bytes,
+        options={"opt_level": opt_level, "threads": threads, "mcpu": mcpu})

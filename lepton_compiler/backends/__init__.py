@@ -1,0 +1,1 @@
+"""Code generators: ``llvm`` (native CPU code)."""

@@ -1,0 +1,167 @@
+"""Small helpers for emitting kernels with llvmlite: typed buffers, dims, loops, intrinsics."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence, Union
+
+import numpy as np
+from llvmlite import ir
+
+from ...ir import Dim, Value
+
+I1 = ir.IntType(1)
+I8 = ir.IntType(8)
+I64 = ir.IntType(64)
+F32 = ir.FloatType()
+VOID = ir.VoidType()
+
+LLVM_TYPES = {
+    "float32": ir.FloatType(), "float64": ir.DoubleType(), "int64": I64, "int32": ir.IntType(32),
+    "int16": ir.IntType(16), "int8": I8, "uint8": I8, "bool": I8,
+}
+
+IntLike = Union[int, ir.Value]
+
+
+class KernelBuilder:
+    """Builds one kernel function ``void name(i64 batch, i8** consts, T* noalias buf0, ...)``.
+
+    Lowerings read buffers through ``ptr(value)``, shapes through ``dims(value)``
+    (the batch symbol becomes the runtime ``batch`` argument) and emit loops with
+    ``loop``. Everything else is plain ``llvmlite.ir.IRBuilder`` on ``self.b``.
+    """
+
+    def __init__(self, module: ir.Module, name: str, buffers: Sequence[Value], add_constant):
+        self.module = module
+        self._add_constant = add_constant
+        arg_types = [I64, I8.as_pointer().as_pointer()] + [LLVM_TYPES[v.type.dtype].as_pointer() for v in buffers]
+        self.fn = ir.Function(module, ir.FunctionType(VOID, arg_types), name)
+        self.fn.linkage = "internal"
+        for arg in self.fn.args[2:]:
+            arg.add_attribute("noalias")
+        self.batch, self.consts = self.fn.args[0], self.fn.args[1]
+        self.batch.name, self.consts.name = "batch", "consts"
+        self._ptrs = {}
+        for value, arg in zip(buffers, self.fn.args[2:]):
+            arg.name = _ident(value.name)
+            self._ptrs.setdefault(value, arg)
+        self.entry = self.fn.append_basic_block("entry")
+        self.b = ir.IRBuilder(self.entry)
+
+    # -- buffers and shapes ------------------------------------------------------------------
+    def ptr(self, value: Value) -> ir.Value:
+        return self._ptrs[value]
+
+    def dim(self, d: Dim) -> ir.Value:
+        return self.batch if isinstance(d, str) else ir.Constant(I64, d)
+
+    def dims(self, value: Value) -> list[ir.Value]:
+        return [self.dim(d) for d in value.type.shape]
+
+    def i64(self, x: IntLike) -> ir.Value:
+        return ir.Constant(I64, x) if isinstance(x, int) else x
+
+    def f32(self, x: float) -> ir.Constant:
+        return ir.Constant(F32, float(x))
+
+    def product(self, factors: Sequence[IntLike]) -> ir.Value:
+        """Product of ints and IR values, with the constant part folded in Python."""
+        static, dynamic = 1, []
+        for f in factors:
+            if isinstance(f, int):
+                static *= f
+            elif isinstance(f, ir.Constant):
+                static *= f.constant
+            else:
+                dynamic.append(f)
+        result: ir.Value = ir.Constant(I64, static)
+        for f in dynamic:
+            result = self.b.mul(result, f)
+        return result
+
+    def linear(self, index: Sequence[IntLike], dims: Sequence[IntLike | None]) -> ir.Value:
+        """Row-major offset of ``index`` in a tensor of shape ``dims`` (``dims[0]`` is not needed)."""
+        offset = self.i64(index[0])
+        for i, d in zip(index[1:], dims[1:]):
+            offset = self.b.add(self.b.mul(offset, self.i64(d)), self.i64(i))
+        return offset
+
+    def load(self, ptr: ir.Value, offset: IntLike) -> ir.Value:
+        return self.b.load(self.b.gep(ptr, [self.i64(offset)], inbounds=True))
+
+    def store(self, value: ir.Value, ptr: ir.Value, offset: IntLike) -> None:
+        self.b.store(value, self.b.gep(ptr, [self.i64(offset)], inbounds=True))
+
+    def constant(self, name: str, array: np.ndarray) -> ir.Value:
+        """A float32 constant prepared at compile time (packed weights), passed by the
+        runtime like any other constant."""
+        index = self._add_constant(name, array)
+        raw = self.b.load(self.b.gep(self.consts, [ir.Constant(I64, index)]))
+        return self.b.bitcast(raw, LLVM_TYPES[str(array.dtype)].as_pointer())
+
+    # -- control flow ------------------------------------------------------------------------
+    @contextmanager
+    def loop(self, stop: IntLike, start: IntLike = 0, name: str = "i") -> Iterator[ir.Value]:
+        """``for (i = start; i < stop; ++i)`` with the body emitted inside the ``with``."""
+        b = self.b
+        start_v, stop_v = self.i64(start), self.i64(stop)
+        before = b.block
+        header = self.fn.append_basic_block(f"{name}.head")
+        body = self.fn.append_basic_block(f"{name}.body")
+        done = self.fn.append_basic_block(f"{name}.end")
+        b.branch(header)
+        b.position_at_end(header)
+        index = b.phi(I64, name=name)
+        index.add_incoming(start_v, before)
+        b.cbranch(b.icmp_signed("<", index, stop_v), body, done)
+        b.position_at_end(body)
+        yield index
+        following = b.add(index, ir.Constant(I64, 1), name=f"{name}.next")
+        index.add_incoming(following, b.block)
+        b.branch(header)
+        b.position_at_end(done)
+
+    @contextmanager
+    def loops(self, stops: Sequence[IntLike], name: str = "i") -> Iterator[list[ir.Value]]:
+        """A nest of loops, outermost first."""
+        if not stops:
+            yield []
+            return
+        with self.loop(stops[0], name=f"{name}0") as first:
+            with self.loops(stops[1:], name=name + "_") as rest:
+                yield [first, *rest]
+
+    def in_range(self, x: ir.Value, stop: IntLike) -> ir.Value:
+        """``0 <= x < stop`` as one unsigned compare."""
+        return self.b.icmp_unsigned("<", x, self.i64(stop))
+
+    def scalar_slot(self, initial: ir.Value) -> ir.Value:
+        """A stack slot in the entry block (mem2reg turns it into a register)."""
+        with self.b.goto_block(self.entry):
+            self.b.position_at_start(self.entry)
+            slot = self.b.alloca(initial.type)
+        self.b.store(initial, slot)
+        return slot
+
+    # -- math --------------------------------------------------------------------------------
+    def intrinsic(self, name: str, *args: ir.Value) -> ir.Value:
+        """Call an overloaded intrinsic whose arguments and result share one type."""
+        fnty = ir.FunctionType(args[0].type, [a.type for a in args])
+        fn = self.module.declare_intrinsic(name, [args[0].type], fnty)
+        return self.b.call(fn, list(args))
+
+    def fma(self, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
+        return self.intrinsic("llvm.fma", a, b, c)
+
+    def max(self, acc: ir.Value, x: ir.Value) -> ir.Value:
+        """``x > acc ? x : acc``: a running maximum (compiles to ``vmaxps``)."""
+        return self.b.select(self.b.fcmp_ordered(">", x, acc), x, acc)
+
+    def finish(self) -> ir.Function:
+        self.b.ret_void()
+        return self.fn
+
+
+def _ident(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._" else "_" for c in name) or "v"

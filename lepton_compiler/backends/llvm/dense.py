@@ -1,0 +1,93 @@
+"""Gemm and MatMul: rows of the output accumulated as ``y[m, :] += a[m, k] * b[k, :]``.
+
+The inner loop runs over contiguous output columns and vectorizes. A constant
+``B`` that Gemm reads transposed is transposed once at compile time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+
+from ...ir import Node
+from .codegen import KernelBuilder
+from .elementwise import broadcast_strides
+from .registry import lowering
+
+
+def emit_matmul_block(k: KernelBuilder, a: ir.Value, a_row: ir.Value, a_col: ir.Value,
+                      b: ir.Value, b_row: ir.Value, b_col: ir.Value, y: ir.Value,
+                      m: ir.Value, kk: ir.Value, n: ir.Value, alpha: float = 1.0, accumulate: bool = False) -> None:
+    """``y[i, j] (+)= alpha * sum_p a[i*a_row + p*a_col] * b[p*b_row + j*b_col]`` for a row-major y."""
+    bld = k.b
+    with k.loop(m, name="m") as i:
+        y_row = bld.gep(y, [bld.mul(i, n)])
+        if not accumulate:
+            with k.loop(n, name="j0") as j:
+                k.store(k.f32(0.0), y_row, j)
+        a_base = bld.mul(i, a_row)
+        with k.loop(kk, name="p") as p:
+            coef = k.load(a, bld.add(a_base, bld.mul(p, a_col)))
+            if alpha != 1.0:
+                coef = bld.fmul(coef, k.f32(alpha))
+            b_base = bld.mul(p, b_row)
+            with k.loop(n, name="j") as j:
+                bv = k.load(b, bld.add(b_base, bld.mul(j, b_col)))
+                k.store(k.fma(coef, bv, k.load(y_row, j)), y_row, j)
+
+
+@lowering("Gemm")
+def lower_gemm(k: KernelBuilder, node: Node) -> None:
+    a, b_val = node.inputs[0], node.inputs[1]
+    c = node.inputs[2] if len(node.inputs) > 2 else None
+    y = node.outputs[0]
+    m, n = k.dims(y)
+    trans_a, trans_b = node.attr("transA", 0), node.attr("transB", 0)
+    a_dims, b_dims = k.dims(a), k.dims(b_val)
+    kk = a_dims[0] if trans_a else a_dims[1]
+    a_row, a_col = (k.i64(1), a_dims[1]) if trans_a else (a_dims[1], k.i64(1))
+    b_ptr = k.ptr(b_val)
+    if trans_b and b_val.is_const:
+        b_ptr = k.constant(f"{b_val.name}.T", np.ascontiguousarray(b_val.const.T))
+        trans_b = 0
+        b_dims = [b_dims[1], b_dims[0]]
+    b_row, b_col = (k.i64(1), b_dims[1]) if trans_b else (b_dims[1], k.i64(1))
+    yp = k.ptr(y)
+    beta = float(node.attr("beta", 1.0))
+    if c is not None and beta != 0.0:
+        strides = broadcast_strides(k, c.type.shape, y.type.shape)
+        with k.loop(m, name="cm") as i, k.loop(n, name="cn") as j:
+            offset = k.b.add(k.b.mul(i, k.i64(strides[0])), k.b.mul(j, k.i64(strides[1])))
+            cv = k.load(k.ptr(c), offset)
+            if beta != 1.0:
+                cv = k.b.fmul(cv, k.f32(beta))
+            k.store(cv, yp, k.b.add(k.b.mul(i, n), j))
+        accumulate = True
+    else:
+        accumulate = False
+    emit_matmul_block(k, k.ptr(a), a_row, a_col, b_ptr, b_row, b_col, yp, m, kk, n,
+                      alpha=float(node.attr("alpha", 1.0)), accumulate=accumulate)
+
+
+@lowering("MatMul")
+def lower_matmul(k: KernelBuilder, node: Node) -> None:
+    a, b_val = node.inputs
+    y = node.outputs[0]
+    a_shape = (1,) + a.type.shape if a.type.rank == 1 else a.type.shape
+    b_shape = b_val.type.shape + (1,) if b_val.type.rank == 1 else b_val.type.shape
+    m, kk, n = k.dim(a_shape[-2]), k.dim(a_shape[-1]), k.dim(b_shape[-1])
+    batch_shape = y.type.shape[: max(len(a_shape), len(b_shape)) - 2]
+    a_strides = broadcast_strides(k, a_shape[:-2], batch_shape)
+    b_strides = broadcast_strides(k, b_shape[:-2], batch_shape)
+    bld = k.b
+    a_mat, b_mat, y_mat = bld.mul(m, kk), bld.mul(kk, n), bld.mul(m, n)
+    batch_dims = [k.dim(d) for d in batch_shape]
+    with k.loops(batch_dims, name="bt") as index:
+        a_off, b_off = k.i64(0), k.i64(0)
+        for i, sa, sb in zip(index, a_strides, b_strides):
+            a_off = bld.add(a_off, bld.mul(i, k.i64(sa)))
+            b_off = bld.add(b_off, bld.mul(i, k.i64(sb)))
+        y_off = bld.mul(k.linear(index, batch_dims), y_mat) if index else k.i64(0)
+        emit_matmul_block(k, bld.gep(k.ptr(a), [bld.mul(a_off, a_mat)]), kk, k.i64(1),
+                          bld.gep(k.ptr(b_val), [bld.mul(b_off, b_mat)]), n, k.i64(1),
+                          bld.gep(k.ptr(y), [y_off]), m, kk, n)

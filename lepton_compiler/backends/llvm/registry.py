@@ -1,0 +1,25 @@
+"""The lowering registry: op name -> function that emits the op's kernel body."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ...ir import Node
+from .codegen import KernelBuilder
+
+LowerFn = Callable[[KernelBuilder, Node], None]
+LOWERINGS: dict[str, LowerFn] = {}
+VIEWS = {"Identity", "Dropout", "Flatten", "Reshape", "Squeeze", "Unsqueeze"}
+"""Ops whose output is the input's bytes under a new shape: no kernel, the buffer is shared."""
+
+
+def lowering(*ops: str):
+    def decorate(fn: LowerFn) -> LowerFn:
+        for op in ops:
+            LOWERINGS[op] = fn
+        return fn
+    return decorate
+
+
+def can_lower(op: str) -> bool:
+    return op in LOWERINGS or op in VIEWS

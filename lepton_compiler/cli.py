@@ -1,0 +1,180 @@
+"""The ``lepton`` command line. Errors are one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import InputError, LeptonError
+
+EMITS = ("llvm", "asm", "obj", "onnx")
+
+
+def _opt_level(text: str) -> int:
+    if text not in ("0", "1", "2", "3"):
+        raise argparse.ArgumentTypeError(f"-O takes 0, 1, 2 or 3, not {text!r}")
+    return int(text)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lepton", description="Compile and run ONNX models natively.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compile", help="compile an ONNX model to an artifact (or emit IR/asm/object)")
+    c.add_argument("model", help="ONNX file")
+    c.add_argument("-o", "--output", help="artifact (or emitted file) to write")
+    c.add_argument("-O", dest="opt_level", type=_opt_level, default=3, metavar="LEVEL", help="0-3 (default 3)")
+    c.add_argument("--target", default="cpu", choices=("cpu", "ort"))
+    c.add_argument("--mcpu", help="CPU to generate code for (default: this host's)")
+    c.add_argument("--threads", type=int, help="threads at run time (default: all cores)")
+    c.add_argument("--emit", choices=EMITS, help="write LLVM IR, assembly, an object file or the optimized ONNX")
+    c.add_argument("--print-ir-after-all", action="store_true", help="print the IR after each pass")
+    c.add_argument("--verify", action="store_true", help="run the IR verifier after each pass")
+
+    r = sub.add_parser("run", help="run a compiled artifact on .npy inputs")
+    r.add_argument("artifact")
+    r.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", help="one per model input")
+    r.add_argument("--output", help=".npz file to write the outputs to (default: print a summary)")
+
+    b = sub.add_parser("bench", help="time a model side by side with ONNX Runtime")
+    b.add_argument("model", nargs="?", help="ONNX file (default: the bundled MNIST CNN)")
+    b.add_argument("--batch", type=_int_list, default=[1, 64])
+    b.add_argument("--threads", type=_int_list, default=[1])
+    b.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per measurement")
+
+    sub.add_parser("demo", help="compile the bundled MNIST CNN and compare it with ONNX Runtime")
+    return parser
+
+
+def cmd_compile(args) -> int:
+    from . import api
+
+    after_pass = None
+    if args.print_ir_after_all:
+        def after_pass(p, graph, seconds):
+            print(f"// -----// IR after {p.name} ({seconds * 1e3:.2f} ms) //----- //")
+            print(graph)
+    if args.emit == "onnx":
+        import onnx
+        graph = api.optimize(args.model, args.opt_level, verify=args.verify, after_pass=after_pass)
+        _write(args.output, graph.to_onnx().SerializeToString(), binary=True, what="--emit onnx")
+        return 0
+    model = api.compile(args.model, target=args.target, opt_level=args.opt_level, threads=args.threads,
+                        mcpu=args.mcpu, verify=args.verify, after_pass=after_pass)
+    if args.emit == "llvm":
+        _write(args.output, model.llvm_ir, binary=False, what="--emit llvm")
+    elif args.emit == "asm":
+        _write(args.output, model.assembly(), binary=False, what="--emit asm")
+    elif args.emit == "obj":
+        _write(args.output, model.native.obj, binary=True, what="--emit obj")
+    else:
+        if not args.output:
+            raise LeptonError("compile needs -o OUT.lepton (or --emit)")
+        model.save(args.output)
+        print(f"wrote {args.output} ({os.path.getsize(args.output):,} bytes) for {model.target.cpu}")
+    return 0
+
+
+def _write(path: Optional[str], data, binary: bool, what: str) -> None:
+    if path is None or path == "-":
+        if binary:
+            raise LeptonError(f"{what} writes binary data: give -o FILE")
+        sys.stdout.write(data)
+        return
+    try:
+        with open(path, "wb" if binary else "w") as f:
+            f.write(data)
+    except OSError as exc:
+        raise LeptonError(f"cannot write '{path}': {exc.strerror or exc}") from None
+
+
+def _load_inputs(specs: Sequence[str]) -> dict[str, np.ndarray]:
+    feed = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"--input takes NAME=FILE.npy, got {spec!r}")
+        try:
+            feed[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read input '{name}' from '{path}': {exc}") from None
+        if not isinstance(feed[name], np.ndarray):
+            raise InputError(f"'{path}' holds several arrays; give one .npy file per input")
+    return feed
+
+
+def cmd_run(args) -> int:
+    from .runtime import load
+
+    model = load(args.artifact)
+    outputs = model.run(None, _load_inputs(args.input))
+    names = [o.name for o in model.outputs]
+    if args.output:
+        try:
+            np.savez(args.output, **dict(zip(names, outputs)))
+        except OSError as exc:
+            raise LeptonError(f"cannot write '{args.output}': {exc.strerror or exc}") from None
+        print(f"wrote {args.output}: {', '.join(names)}")
+    else:
+        for name, value in zip(names, outputs):
+            print(f"{name}: {value.dtype}{list(value.shape)}")
+            print(np.array2string(value, threshold=20, edgeitems=3, precision=6))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from . import api
+    from .bench import compare, format_table
+    from .demo import bundled_model_path
+    from .frontends.onnx import load_onnx
+
+    path = args.model or bundled_model_path()
+    model_bytes = load_onnx(path).SerializeToString()
+    rows = compare(model_bytes, lambda t: api.compile(model_bytes, threads=t), args.batch, args.threads,
+                   args.min_time)
+    print(f"model: {path}")
+    print(format_table(rows))
+    print("ORT/lepton > 1 means lepton is faster; medians of 7 rounds, same process, same inputs.")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    run_demo(sys.stdout)
+    return 0
+
+
+COMMANDS = {"compile": cmd_compile, "run": cmd_run, "bench": cmd_bench, "demo": cmd_demo}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except LeptonError as exc:
+        print(f"lepton: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lepton: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("lepton: error: out of memory", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

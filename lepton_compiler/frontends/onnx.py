@@ -1,0 +1,385 @@
+"""ONNX -> IR import and IR -> ONNX export.
+
+Import goes through one table, ``CONVERTERS[(domain, op)] = {since_version: converter}``:
+the converter with the highest ``since_version`` not above the model's opset is used.
+IR ops have the semantics of the ONNX op of the same name at opset 17; converters
+for older versions rewrite into that form (``Softmax`` before 13, ``Unsqueeze``'s
+axes attribute, ...).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import helper, numpy_helper
+
+from ..errors import LeptonError, ModelFormatError, UnsupportedOpError
+from ..ir import Graph, Node, TensorType, Value
+from ..ops import infer_node
+
+EXPORT_OPSET = 17
+MIN_OPSET = 7
+ModelSource = Union[str, "os.PathLike[str]", bytes, onnx.ModelProto]
+
+
+# -- loading ---------------------------------------------------------------------------------
+def load_onnx(source: ModelSource) -> onnx.ModelProto:
+    """Read a model from a path, bytes or a ModelProto, with project errors for bad input."""
+    if isinstance(source, onnx.ModelProto):
+        return source
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        where = "the given bytes"
+    elif isinstance(source, (str, os.PathLike)):
+        where = os.fspath(source)
+        try:
+            with open(where, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise ModelFormatError(f"cannot read model '{where}': {exc.strerror or exc}") from None
+    else:
+        raise ModelFormatError(f"expected a path, bytes or onnx.ModelProto, got {type(source).__name__}")
+    try:
+        model = onnx.ModelProto()
+        model.ParseFromString(data)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise ModelFormatError(f"{where} is not an ONNX model: {exc}") from None
+    if not model.HasField("graph") or model.ir_version <= 0:
+        raise ModelFormatError(f"{where} is not an ONNX model (no graph or IR version)")
+    if isinstance(source, (str, os.PathLike)) and _uses_external_data(model):
+        try:
+            onnx.load_external_data_for_model(model, os.path.dirname(os.path.abspath(where)))
+        except (OSError, ValueError) as exc:
+            raise ModelFormatError(f"cannot load the external data of '{where}': {exc}") from None
+    return model
+
+
+def _uses_external_data(model: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    raise ModelFormatError("the model imports no version of the default ONNX domain")
+
+
+# -- the converter table ----------------------------------------------------------------------
+class ImportContext:
+    """What a converter sees: the values by name and a way to add IR nodes and constants."""
+
+    def __init__(self, opset: int):
+        self.opset = opset
+        self.values: dict[str, Value] = {}
+        self.nodes: list[Node] = []
+        self.constants: list[Value] = []
+        self._names: set[str] = set()
+
+    def fresh(self, base: str) -> str:
+        name, i = base, 0
+        while name in self._names:
+            i += 1
+            name = f"{base}_{i}"
+        self._names.add(name)
+        return name
+
+    def value(self, name: str) -> Optional[Value]:
+        if name == "":
+            return None
+        if name not in self.values:
+            raise ModelFormatError(f"value '{name}' is used but never defined")
+        return self.values[name]
+
+    def define(self, name: str, value: Value) -> None:
+        if name in self.values:
+            raise ModelFormatError(f"value '{name}' is defined more than once")
+        self._names.add(name)
+        self.values[name] = value
+
+    def constant(self, base: str, array: np.ndarray) -> Value:
+        value = Value(self.fresh(base), TensorType.of(array), array)
+        self.constants.append(value)
+        return value
+
+    def add(self, op: str, name: str, inputs: list[Optional[Value]], output_names: list[str],
+            attrs: Optional[dict[str, Any]] = None) -> Node:
+        """Add an IR node; outputs get placeholder types until inference runs."""
+        outputs = []
+        for out in output_names:
+            value = Value(out, TensorType("float32", ()))
+            if out in self.values:
+                raise ModelFormatError(f"value '{out}' is defined more than once")
+            self.values[out] = value
+            self._names.add(out)
+            outputs.append(value)
+        node = Node(op, name, inputs, outputs, attrs)
+        self.nodes.append(node)
+        return node
+
+
+Converter = Callable[[ImportContext, onnx.NodeProto, str, dict[str, Any]], None]
+CONVERTERS: dict[tuple[str, str], dict[int, Converter]] = {}
+
+
+def converter(op: str, since: int = 1, domain: str = ""):
+    def decorate(fn: Converter) -> Converter:
+        CONVERTERS.setdefault((domain, op), {})[since] = fn
+        return fn
+    return decorate
+
+
+def find_converter(domain: str, op: str, opset: int) -> Optional[Converter]:
+    versions = CONVERTERS.get((domain, op), {})
+    usable = [v for v in versions if v <= opset]
+    return versions[max(usable)] if usable else None
+
+
+def _inputs(ctx: ImportContext, proto: onnx.NodeProto) -> list[Optional[Value]]:
+    return [ctx.value(name) for name in proto.input]
+
+
+def same(op: str) -> Converter:
+    """A converter for ops whose ONNX form is already the IR form."""
+    def convert(ctx, proto, name, attrs):
+        ctx.add(op, name, _inputs(ctx, proto), list(proto.output), attrs)
+    return convert
+
+
+for _op in ("Conv", "Relu", "MaxPool", "Flatten", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div",
+            "Identity", "Shape", "Gather", "Concat", "Cast"):
+    converter(_op)(same(_op))
+converter("Reshape", since=5)(same("Reshape"))
+converter("Softmax", since=13)(same("Softmax"))
+converter("Unsqueeze", since=13)(same("Unsqueeze"))
+converter("Squeeze", since=13)(same("Squeeze"))
+converter("Slice", since=10)(same("Slice"))
+
+
+@converter("Gemm", since=1)
+def convert_gemm(ctx, proto, name, attrs):
+    attrs.pop("broadcast", None)  # opsets before 7: C always broadcasts in the IR
+    ctx.add("Gemm", name, _inputs(ctx, proto), list(proto.output), attrs)
+
+
+@converter("Softmax", since=1)
+def convert_softmax_v1(ctx, proto, name, attrs):
+    """Before opset 13 Softmax flattens to 2-D at ``axis`` and normalizes each row."""
+    (x,) = _inputs(ctx, proto)
+    axis = attrs.get("axis", 1)
+    rank = x.type.rank
+    axis = axis + rank if axis < 0 else axis
+    if axis == rank - 1:
+        ctx.add("Softmax", name, [x], list(proto.output), {"axis": -1})
+        return
+    flat, soft, shape = ctx.fresh(f"{name}_2d"), ctx.fresh(f"{name}_rows"), ctx.fresh(f"{name}_shape")
+    ctx.add("Flatten", ctx.fresh(f"{name}_flatten"), [x], [flat], {"axis": axis})
+    ctx.add("Softmax", name, [ctx.values[flat]], [soft], {"axis": -1})
+    ctx.add("Shape", ctx.fresh(f"{name}_shape_of"), [x], [shape])
+    ctx.add("Reshape", ctx.fresh(f"{name}_restore"), [ctx.values[soft], ctx.values[shape]], list(proto.output))
+
+
+def _axes_attr_to_input(op: str) -> Converter:
+    def convert(ctx, proto, name, attrs):
+        inputs = _inputs(ctx, proto)
+        if "axes" in attrs:
+            inputs.append(ctx.constant(f"{name}_axes", np.array(attrs.pop("axes"), np.int64)))
+        ctx.add(op, name, inputs, list(proto.output), attrs)
+    return convert
+
+
+converter("Unsqueeze", since=1)(_axes_attr_to_input("Unsqueeze"))
+converter("Squeeze", since=1)(_axes_attr_to_input("Squeeze"))
+
+
+@converter("Slice", since=1)
+def convert_slice_v1(ctx, proto, name, attrs):
+    (x,) = _inputs(ctx, proto)
+    inputs = [x] + [ctx.constant(f"{name}_{key}", np.array(attrs[key], np.int64)) for key in ("starts", "ends")]
+    if "axes" in attrs:
+        inputs.append(ctx.constant(f"{name}_axes", np.array(attrs["axes"], np.int64)))
+    ctx.add("Slice", name, inputs, list(proto.output))
+
+
+@converter("Dropout", since=1)
+def convert_dropout(ctx, proto, name, attrs):
+    """Inference-mode Dropout is the identity; a training_mode input must be a false constant."""
+    inputs = _inputs(ctx, proto)
+    training = inputs[2] if len(inputs) > 2 else None
+    if training is not None and (training.known is None or bool(training.known)):
+        raise UnsupportedOpError([("Dropout", name, "", ctx.opset)], "training mode is not supported")
+    if attrs.get("is_test", 1) == 0 and ctx.opset < 7:
+        raise UnsupportedOpError([("Dropout", name, "", ctx.opset)], "training mode is not supported")
+    ctx.add("Dropout", name, inputs[:1], list(proto.output))
+
+
+@converter("Constant", since=1)
+def convert_constant(ctx, proto, name, attrs):
+    if len(attrs) != 1:
+        raise ModelFormatError(f"Constant node '{name}' needs exactly one value attribute")
+    (key, value), = attrs.items()
+    if key == "value":
+        array = value
+    elif key in ("value_float", "value_int"):
+        array = np.array(value, np.float32 if key == "value_float" else np.int64)
+    elif key in ("value_floats", "value_ints"):
+        array = np.array(value, np.float32 if key == "value_floats" else np.int64)
+    else:
+        raise UnsupportedOpError([("Constant", name, "", ctx.opset)], f"attribute {key} is not supported")
+    value_obj = Value(proto.output[0], TensorType.of(array), array)
+    ctx.define(proto.output[0], value_obj)
+    ctx.constants.append(value_obj)
+
+
+# -- import ------------------------------------------------------------------------------------
+def _attribute(attr: onnx.AttributeProto, node_name: str) -> Any:
+    try:
+        value = helper.get_attribute_value(attr)
+    except Exception as exc:
+        raise ModelFormatError(f"node '{node_name}': attribute '{attr.name}' is malformed: {exc}") from None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, onnx.TensorProto):
+        return _tensor(value, f"attribute '{attr.name}' of node '{node_name}'")
+    if isinstance(value, list):
+        return [v.decode("utf-8", errors="replace") if isinstance(v, bytes) else v for v in value]
+    return value
+
+
+def _tensor(proto: onnx.TensorProto, what: str) -> np.ndarray:
+    try:
+        array = numpy_helper.to_array(proto)
+    except Exception as exc:
+        raise ModelFormatError(f"{what}: tensor data is malformed: {exc}") from None
+    expected = tuple(proto.dims)
+    if array.shape != expected:
+        raise ModelFormatError(f"{what}: data does not match dims {list(expected)}")
+    array = np.require(array, requirements="C")  # ascontiguousarray would make scalars 1-D
+    array.setflags(write=False)
+    try:
+        TensorType.of(array)
+    except ValueError:
+        raise ModelFormatError(f"{what}: dtype {array.dtype} is not supported") from None
+    return array
+
+
+def _value_type(info: onnx.ValueInfoProto) -> TensorType:
+    if info.type.WhichOneof("value") != "tensor_type":
+        raise ModelFormatError(f"input '{info.name}' is not a tensor")
+    tensor = info.type.tensor_type
+    try:
+        dtype = str(helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+        shape = []
+        for i, dim in enumerate(tensor.shape.dim):
+            if dim.HasField("dim_value"):
+                if dim.dim_value < 0:
+                    raise ModelFormatError(f"input '{info.name}' has negative dim {dim.dim_value}")
+                shape.append(dim.dim_value)
+            else:
+                shape.append(dim.dim_param or f"{info.name}_dim{i}")
+        return TensorType(dtype, tuple(shape))
+    except (KeyError, ValueError, TypeError):
+        raise ModelFormatError(f"input '{info.name}' has unsupported element type {tensor.elem_type}") from None
+
+
+def _check_supported(model: onnx.ModelProto, opset: int) -> None:
+    missing = []
+    for i, proto in enumerate(model.graph.node):
+        if find_converter(proto.domain if proto.domain != "ai.onnx" else "", proto.op_type, opset) is None:
+            missing.append((proto.op_type, proto.name or f"{proto.op_type}_{i}", proto.domain, opset))
+    if missing:
+        raise UnsupportedOpError(missing)
+
+
+def import_model(source: ModelSource) -> Graph:
+    """Convert an ONNX model (path, bytes or ModelProto) into a type-checked IR graph."""
+    model = load_onnx(source)
+    opset = default_opset(model)
+    if opset < MIN_OPSET:
+        raise ModelFormatError(f"opset {opset} is older than {MIN_OPSET}, the oldest lepton reads")
+    _check_supported(model, opset)
+    g = model.graph
+    ctx = ImportContext(opset)
+    for init in g.initializer:
+        array = _tensor(init, f"initializer '{init.name}'")
+        value = Value(init.name, TensorType.of(array), array)
+        ctx.define(init.name, value)
+        ctx.constants.append(value)
+    inputs = []
+    for info in g.input:
+        if info.name in ctx.values:
+            continue  # opsets before 9 list initializers as inputs too
+        value = Value(info.name, _value_type(info))
+        ctx.define(info.name, value)
+        inputs.append(value)
+    for i, proto in enumerate(_topological(g)):
+        name = ctx.fresh(proto.name or f"{proto.op_type}_{i}")
+        try:
+            attrs = {a.name: _attribute(a, name) for a in proto.attribute}
+            domain = proto.domain if proto.domain != "ai.onnx" else ""
+            first_new = len(ctx.nodes)
+            find_converter(domain, proto.op_type, opset)(ctx, proto, name, attrs)
+            for node in ctx.nodes[first_new:]:
+                infer_node(node)
+        except LeptonError:
+            raise
+        except (IndexError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ModelFormatError(f"node '{name}' ({proto.op_type}) is malformed: {exc}") from None
+    outputs = []
+    for info in g.output:
+        if info.name not in ctx.values:
+            raise ModelFormatError(f"graph output '{info.name}' is never produced")
+        outputs.append(ctx.values[info.name])
+    if not outputs:
+        raise ModelFormatError("the graph has no outputs")
+    return Graph(g.name or "model", inputs, outputs, ctx.nodes, ctx.constants, opset=EXPORT_OPSET)
+
+
+def _topological(g: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The nodes in an order where each reads only what is already defined (Kahn's algorithm)."""
+    available = {i.name for i in g.initializer} | {i.name for i in g.input} | {""}
+    pending = list(g.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        ready = [n for n in pending if all(x in available for x in n.input)]
+        if not ready:
+            stuck = pending[0]
+            missing = [x for x in stuck.input if x not in available]
+            produced = {o for n in pending for o in n.output}
+            if all(m in produced for m in missing):
+                raise ModelFormatError(f"the graph has a cycle through node '{stuck.name or stuck.op_type}'")
+            raise ModelFormatError(f"node '{stuck.name or stuck.op_type}' reads '{missing[0]}', which nothing defines")
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+        for n in ready:
+            ordered.append(n)
+            available.update(n.output)
+    return ordered
+
+
+# -- export ------------------------------------------------------------------------------------
+def _value_info(value: Value) -> onnx.ValueInfoProto:
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(value.type.dtype))
+    return helper.make_tensor_value_info(value.name, elem, list(value.type.shape))
+
+
+def export_model(graph: Graph) -> onnx.ModelProto:
+    """The IR graph as a standard ONNX model (opset 17)."""
+    used = {v for n in graph.nodes for v in n.inputs if v is not None} | set(graph.outputs)
+    initializers = [numpy_helper.from_array(np.asarray(v.const), v.name) for v in graph.constants if v in used]
+    nodes = []
+    for node in graph.nodes:
+        nodes.append(helper.make_node(node.op, ["" if v is None else v.name for v in node.inputs],
+                                      [v.name for v in node.outputs], name=node.name, domain=node.domain or None,
+                                      **node.attrs))
+    outputs = set(graph.outputs)
+    value_info = [_value_info(v) for n in graph.nodes for v in n.outputs if v not in outputs]
+    onnx_graph = helper.make_graph(nodes, graph.name, [_value_info(v) for v in graph.inputs],
+                                   [_value_info(v) for v in graph.outputs], initializers, value_info=value_info)
+    model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", EXPORT_OPSET)],
+                              producer_name="lepton_compiler")
+    return model

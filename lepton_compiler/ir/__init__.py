@@ -1,0 +1,7 @@
+"""The IR: typed values, nodes and graphs, a printer and a verifier."""
+
+from .graph import Graph, Node, Value
+from .symbols import Sym
+from .types import Dim, TensorType
+
+__all__ = ["Graph", "Node", "Value", "TensorType", "Dim", "Sym"]

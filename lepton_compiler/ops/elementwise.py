@@ -1,0 +1,44 @@
+"""Elementwise ops: unary activations and broadcasting binary arithmetic."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Node, TensorType
+from .registry import OpKind, register, require
+from .shapes import broadcast_shapes
+
+
+def infer_same(node: Node) -> list[TensorType]:
+    return [node.inputs[0].type]
+
+
+def infer_broadcast(node: Node) -> list[TensorType]:
+    a, b = node.inputs[0].type, node.inputs[1].type
+    require(node, a.dtype == b.dtype, f"operand types differ: {a} and {b}")
+    return [TensorType(a.dtype, broadcast_shapes(node, a.shape, b.shape))]
+
+
+def _unary(fn):
+    return lambda node, inputs: [fn(inputs[0]).astype(inputs[0].dtype)]
+
+
+def _binary(fn):
+    def reference(node, inputs):
+        a, b = inputs
+        out = fn(a, b)
+        return [out if a.dtype == object else np.asarray(out).astype(a.dtype)]
+    return reference
+
+
+def _int_div(a, b):
+    if a.dtype.kind in "iu":
+        return np.trunc(np.asarray(a, np.float64) / b).astype(a.dtype)
+    return a / b
+
+
+register("Relu", infer_same, _unary(lambda x: np.where(x < 0, 0, x)), OpKind.ELEMENTWISE)
+register("Add", infer_broadcast, _binary(np.add), OpKind.ELEMENTWISE)
+register("Sub", infer_broadcast, _binary(np.subtract), OpKind.ELEMENTWISE)
+register("Mul", infer_broadcast, _binary(np.multiply), OpKind.ELEMENTWISE)
+register("Div", infer_broadcast, _binary(_int_div), OpKind.ELEMENTWISE)

@@ -1,0 +1,168 @@
+"""Convolution, pooling, dense and softmax ops."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Node, TensorType
+from .registry import OpKind, register, require
+from .shapes import normalize_axis, sliding_views, static_dims, window, broadcast_shapes
+
+
+def _float_input(node: Node, index: int = 0) -> TensorType:
+    t = node.inputs[index].type
+    require(node, t.dtype in ("float32", "float64", "float16"), f"expects a float tensor, got {t}")
+    return t
+
+
+# -- Conv ----------------------------------------------------------------------------------
+def conv_window(node: Node):
+    x, w = node.inputs[0].type, node.inputs[1].type
+    spatial = static_dims(node, x, range(2, x.rank), "spatial")
+    kernel = static_dims(node, w, range(2, w.rank), "kernel")
+    if node.attr("kernel_shape") is not None:
+        require(node, list(node.attr("kernel_shape")) == kernel,
+                f"kernel_shape {node.attr('kernel_shape')} does not match the weight's {kernel}")
+    return window(node, spatial, kernel)
+
+
+def infer_conv(node: Node) -> list[TensorType]:
+    x, w = _float_input(node, 0), _float_input(node, 1)
+    require(node, x.rank >= 3 and w.rank == x.rank, f"input {x} and weight {w} ranks do not fit a convolution")
+    group = node.attr("group", 1)
+    out_ch, in_per_group = static_dims(node, w, [0, 1], "weight channel")
+    in_ch = x.shape[1]
+    require(node, isinstance(in_ch, int), "input channels must be static")
+    require(node, group >= 1 and in_ch % group == 0 and out_ch % group == 0,
+            f"group {group} does not divide input channels {in_ch} and output channels {out_ch}")
+    require(node, in_ch // group == in_per_group,
+            f"input channels {in_ch} / group {group} do not match the weight's {in_per_group}")
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    if bias is not None:
+        require(node, bias.type.shape == (out_ch,), f"bias {bias.type} should be [{out_ch}]")
+    win = conv_window(node)
+    return [TensorType(x.dtype, (x.shape[0], out_ch, *win.out))]
+
+
+def reference_conv(node: Node, inputs):
+    x, w = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    win = conv_window(node)
+    group = node.attr("group", 1)
+    padded, views = sliding_views(x.astype(np.float64), win, 0.0)
+    out_ch, icg = w.shape[0], w.shape[1]
+    ocg = out_ch // group
+    out = np.zeros((x.shape[0], out_ch, *win.out), np.float64)
+    for offset, idx in views:
+        patch = padded[idx]
+        for g in range(group):
+            wk = w[(slice(g * ocg, (g + 1) * ocg), slice(None), *offset)].astype(np.float64)
+            out[:, g * ocg:(g + 1) * ocg] += np.einsum("nc...,oc->no...", patch[:, g * icg:(g + 1) * icg], wk)
+    if bias is not None:
+        out += bias.astype(np.float64).reshape((1, -1) + (1,) * len(win.out))
+    return [out.astype(x.dtype)]
+
+
+register("Conv", infer_conv, reference_conv, OpKind.OPAQUE)
+
+
+# -- MaxPool -------------------------------------------------------------------------------
+def pool_window(node: Node):
+    x = node.inputs[0].type
+    spatial = static_dims(node, x, range(2, x.rank), "spatial")
+    kernel = node.attr("kernel_shape")
+    require(node, kernel is not None, "kernel_shape attribute is required")
+    return window(node, spatial, list(kernel), ceil_mode=bool(node.attr("ceil_mode", 0)))
+
+
+def infer_maxpool(node: Node) -> list[TensorType]:
+    x = _float_input(node)
+    require(node, x.rank >= 3, f"expects [N, C, spatial...], got {x}")
+    require(node, len(node.outputs) == 1, "the Indices output is not supported")
+    require(node, node.attr("storage_order", 0) == 0, "storage_order=1 is not supported")
+    win = pool_window(node)
+    return [TensorType(x.dtype, (x.shape[0], x.shape[1], *win.out))]
+
+
+def reference_maxpool(node: Node, inputs):
+    x = inputs[0]
+    win = pool_window(node)
+    padded, views = sliding_views(x, win, -np.inf)
+    out = np.full((x.shape[0], x.shape[1], *win.out), -np.inf, x.dtype)
+    for _, idx in views:
+        out = np.maximum(out, padded[idx])
+    return [out]
+
+
+register("MaxPool", infer_maxpool, reference_maxpool, OpKind.OPAQUE)
+
+
+# -- Gemm and MatMul -----------------------------------------------------------------------
+def infer_gemm(node: Node) -> list[TensorType]:
+    a, b = _float_input(node, 0), _float_input(node, 1)
+    require(node, a.rank == 2 and b.rank == 2, f"expects 2-D A and B, got {a} and {b}")
+    m, ka = (a.shape[1], a.shape[0]) if node.attr("transA", 0) else a.shape
+    kb, n = (b.shape[1], b.shape[0]) if node.attr("transB", 0) else b.shape
+    require(node, ka == kb, f"inner dims differ: A {a} and B {b}")
+    c = node.inputs[2] if len(node.inputs) > 2 else None
+    if c is not None:
+        require(node, broadcast_shapes(node, c.type.shape, (m, n)) == (m, n),
+                f"C {c.type} does not broadcast to [{m}, {n}]")
+    return [TensorType(a.dtype, (m, n))]
+
+
+def reference_gemm(node: Node, inputs):
+    a, b = inputs[0].astype(np.float64), inputs[1].astype(np.float64)
+    if node.attr("transA", 0):
+        a = a.T
+    if node.attr("transB", 0):
+        b = b.T
+    y = node.attr("alpha", 1.0) * (a @ b)
+    c = inputs[2] if len(inputs) > 2 else None
+    if c is not None:
+        y = y + node.attr("beta", 1.0) * c.astype(np.float64)
+    return [y.astype(inputs[0].dtype)]
+
+
+register("Gemm", infer_gemm, reference_gemm, OpKind.OPAQUE)
+
+
+def infer_matmul(node: Node) -> list[TensorType]:
+    a, b = _float_input(node, 0), _float_input(node, 1)
+    require(node, a.rank >= 1 and b.rank >= 1, "MatMul needs operands of rank 1 or more")
+    sa = (1,) + a.shape if a.rank == 1 else a.shape
+    sb = b.shape + (1,) if b.rank == 1 else b.shape
+    require(node, sa[-1] == sb[-2], f"inner dims differ: {a} @ {b}")
+    batch = broadcast_shapes(node, sa[:-2], sb[:-2])
+    shape = batch + (sa[-2], sb[-1])
+    if a.rank == 1:
+        shape = shape[:-2] + shape[-1:]
+    if b.rank == 1:
+        shape = shape[:-1]
+    return [TensorType(a.dtype, shape)]
+
+
+def reference_matmul(node: Node, inputs):
+    a, b = inputs
+    return [np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(a.dtype)]
+
+
+register("MatMul", infer_matmul, reference_matmul, OpKind.OPAQUE)
+
+
+# -- Softmax (opset 13 semantics: one axis) ------------------------------------------------
+def infer_softmax(node: Node) -> list[TensorType]:
+    x = _float_input(node)
+    normalize_axis(node, node.attr("axis", -1), x.rank)
+    return [x]
+
+
+def reference_softmax(node: Node, inputs):
+    x = inputs[0]
+    axis = normalize_axis(node, node.attr("axis", -1), x.ndim)
+    x64 = x.astype(np.float64)
+    e = np.exp(x64 - x64.max(axis=axis, keepdims=True))
+    return [(e / e.sum(axis=axis, keepdims=True)).astype(x.dtype)]
+
+
+register("Softmax", infer_softmax, reference_softmax, OpKind.REDUCTION)

@@ -1,0 +1,272 @@
+"""Data-movement and shape ops: views, and the shape arithmetic that exporters emit."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import helper as onnx_helper
+
+from ..ir import Node, Sym, TensorType
+from .registry import OpKind, register, require
+from .shapes import dim_of, known_ints, normalize_axis
+
+
+# -- views ---------------------------------------------------------------------------------
+def infer_identity(node: Node) -> list[TensorType]:
+    return [node.inputs[0].type]
+
+
+register("Identity", infer_identity, lambda node, inputs: [inputs[0]], OpKind.VIEW)
+
+
+def infer_dropout(node: Node) -> list[TensorType]:
+    require(node, node.attr("training_mode", 0) == 0, "training mode is not supported")
+    x = node.inputs[0].type
+    return [x, TensorType("bool", x.shape)][: len(node.outputs)]
+
+
+def reference_dropout(node: Node, inputs):
+    x = inputs[0]
+    return [x, np.ones(x.shape, bool)][: len(node.outputs)]
+
+
+register("Dropout", infer_dropout, reference_dropout, OpKind.VIEW)
+
+
+def infer_flatten(node: Node) -> list[TensorType]:
+    x = node.inputs[0].type
+    axis = node.attr("axis", 1)
+    require(node, -x.rank <= axis <= x.rank, f"axis {axis} is out of range for rank {x.rank}")
+    axis = axis % x.rank if axis < 0 else axis
+    return [TensorType(x.dtype, (_product(x.shape[:axis]), _product(x.shape[axis:])))]
+
+
+def _product(dims):
+    """Product of dims; one symbolic dim times ones stays symbolic."""
+    symbols = [d for d in dims if isinstance(d, str)]
+    static = int(np.prod([d for d in dims if isinstance(d, int)], dtype=np.int64))
+    if not symbols:
+        return static
+    if len(symbols) == 1 and static == 1:
+        return symbols[0]
+    return "*".join(symbols) + (f"*{static}" if static != 1 else "")
+
+
+def reference_flatten(node: Node, inputs):
+    x = inputs[0]
+    axis = node.attr("axis", 1) % max(x.ndim, 1) if node.attr("axis", 1) < 0 else node.attr("axis", 1)
+    return [x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), -1)]
+
+
+register("Flatten", infer_flatten, reference_flatten, OpKind.VIEW)
+
+
+def reshape_target(node: Node, in_shape, target) -> tuple:
+    """Resolve a Reshape target (with 0 = copy and -1 = infer) against the input shape."""
+    allowzero = node.attr("allowzero", 0)
+    out = []
+    for i, t in enumerate(target):
+        if isinstance(t, Sym):
+            out.append(t.name)
+        elif t == 0 and not allowzero:
+            require(node, i < len(in_shape), f"target {target} copies dim {i} that the input lacks")
+            out.append(in_shape[i])
+        else:
+            require(node, t >= -1, f"invalid target dim {t}")
+            out.append(int(t))
+    require(node, out.count(-1) <= 1, f"target {target} has more than one -1")
+    known = [d for d in out if d != -1]
+    in_symbols = sorted(d for d in in_shape if isinstance(d, str))
+    out_symbols = sorted(d for d in known if isinstance(d, str))
+    in_static = int(np.prod([d for d in in_shape if isinstance(d, int)], dtype=np.int64))
+    out_static = int(np.prod([d for d in known if isinstance(d, int)], dtype=np.int64))
+    if -1 in out:
+        rest_symbols = list(in_symbols)
+        for s in out_symbols:
+            require(node, s in rest_symbols, f"cannot reshape {list(in_shape)} to {target}")
+            rest_symbols.remove(s)
+        require(node, out_static != 0 and in_static % out_static == 0,
+                f"cannot reshape {list(in_shape)} to {target}")
+        factor = in_static // out_static
+        if rest_symbols:
+            require(node, len(rest_symbols) == 1 and factor == 1,
+                    f"cannot infer -1 in {target} from {list(in_shape)} at compile time")
+            fill = rest_symbols[0]
+        else:
+            fill = factor
+        out[out.index(-1)] = fill
+    else:
+        require(node, in_symbols == out_symbols and in_static == out_static,
+                f"cannot reshape {list(in_shape)} to {target}")
+    return tuple(out)
+
+
+def infer_reshape(node: Node) -> list[TensorType]:
+    x = node.inputs[0].type
+    target = known_ints(node, 1, "shape")
+    return [TensorType(x.dtype, reshape_target(node, x.shape, target))]
+
+
+def reference_reshape(node: Node, inputs):
+    x, shape = inputs
+    shape = [int(s) for s in shape]
+    if not node.attr("allowzero", 0):
+        shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    return [x.reshape(shape)]
+
+
+register("Reshape", infer_reshape, reference_reshape, OpKind.VIEW, static_inputs=(1,))
+
+
+# -- shape arithmetic ----------------------------------------------------------------------
+def _shape_range(node: Node, rank: int) -> slice:
+    start, end = node.attr("start", 0), node.attr("end", rank)
+    return slice(start, end)
+
+
+def infer_shape(node: Node) -> list[TensorType]:
+    x = node.inputs[0].type
+    length = len(range(rank := x.rank)[_shape_range(node, rank)])
+    return [TensorType("int64", (length,))]
+
+
+def known_shape(node: Node):
+    x = node.inputs[0].type
+    dims = [Sym(d) if isinstance(d, str) else d for d in x.shape[_shape_range(node, x.rank)]]
+    if all(isinstance(d, int) for d in dims):
+        return [np.array(dims, np.int64)]
+    return [np.array(dims, dtype=object)]
+
+
+register("Shape", infer_shape, lambda node, inputs: [np.array(inputs[0].shape[_shape_range(node, inputs[0].ndim)], np.int64)],
+         OpKind.SHAPE, known=known_shape)
+
+
+def infer_gather(node: Node) -> list[TensorType]:
+    data, idx = node.inputs[0].type, node.inputs[1].type
+    require(node, idx.dtype in ("int64", "int32"), f"indices must be int32/int64, got {idx}")
+    axis = normalize_axis(node, node.attr("axis", 0), data.rank)
+    return [TensorType(data.dtype, data.shape[:axis] + idx.shape + data.shape[axis + 1:])]
+
+
+def reference_gather(node: Node, inputs):
+    data, idx = inputs
+    axis = node.attr("axis", 0) % data.ndim
+    size = data.shape[axis]
+    idx = np.asarray(idx, np.int64)
+    require(node, bool(np.all((idx >= -size) & (idx < size))), f"indices out of range for dim {size}")
+    return [np.take(data, np.where(idx < 0, idx + size, idx), axis=axis)]
+
+
+register("Gather", infer_gather, reference_gather, OpKind.SHAPE)
+
+
+def infer_concat(node: Node) -> list[TensorType]:
+    types = [v.type for v in node.inputs]
+    first = types[0]
+    axis = normalize_axis(node, node.attr("axis", 0), first.rank)
+    require(node, all(t.dtype == first.dtype and t.rank == first.rank for t in types),
+            f"inputs differ in dtype or rank: {[str(t) for t in types]}")
+    dims = [t.shape[axis] for t in types]
+    total = sum(dims) if all(isinstance(d, int) for d in dims) else "+".join(map(str, dims))
+    return [TensorType(first.dtype, first.shape[:axis] + (total,) + first.shape[axis + 1:])]
+
+
+register("Concat", infer_concat, lambda node, inputs: [np.concatenate(inputs, axis=node.attr("axis", 0))],
+         OpKind.SHAPE)
+
+
+def infer_unsqueeze(node: Node) -> list[TensorType]:
+    x = node.inputs[0].type
+    rank = x.rank + len(axes := known_ints(node, 1, "axes"))
+    axes = sorted(normalize_axis(node, a, rank) for a in axes)
+    require(node, len(set(axes)) == len(axes), f"repeated axes {axes}")
+    shape = list(x.shape)
+    for a in axes:
+        shape.insert(a, 1)
+    return [TensorType(x.dtype, tuple(shape))]
+
+
+def _sorted_axes(node):
+    rank = node.inputs[0].type.rank + len(known_ints(node, 1, "axes"))
+    return tuple(sorted(a % rank for a in known_ints(node, 1, "axes")))
+
+
+register("Unsqueeze", infer_unsqueeze, lambda node, inputs: [np.expand_dims(inputs[0], _sorted_axes(node))],
+         OpKind.VIEW, static_inputs=(1,))
+
+
+def _squeeze_axes(node: Node) -> list[int]:
+    x = node.inputs[0].type
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        return sorted(normalize_axis(node, a, x.rank) for a in known_ints(node, 1, "axes"))
+    require(node, x.is_static, "Squeeze without axes needs a static input shape")
+    return [i for i, d in enumerate(x.shape) if d == 1]
+
+
+def infer_squeeze(node: Node) -> list[TensorType]:
+    x = node.inputs[0].type
+    axes = _squeeze_axes(node)
+    require(node, all(x.shape[a] == 1 for a in axes), f"cannot squeeze axes {axes} of {x}")
+    return [TensorType(x.dtype, tuple(d for i, d in enumerate(x.shape) if i not in axes))]
+
+
+register("Squeeze", infer_squeeze, lambda node, inputs: [np.squeeze(inputs[0], tuple(_squeeze_axes(node)))],
+         OpKind.VIEW, static_inputs=(1,))
+
+
+def cast_dtype(node: Node) -> str:
+    to = node.attr("to")
+    try:
+        return str(onnx_helper.tensor_dtype_to_np_dtype(to))
+    except (KeyError, TypeError, ValueError):
+        return f"<onnx type {to}>"
+
+
+def infer_cast(node: Node) -> list[TensorType]:
+    dtype = cast_dtype(node)
+    try:
+        return [TensorType(dtype, node.inputs[0].type.shape)]
+    except ValueError:
+        require(node, False, f"casting to {dtype} is not supported")
+        raise
+
+
+def reference_cast(node: Node, inputs):
+    x = inputs[0]
+    if x.dtype == object:  # symbolic shape values stay symbolic
+        return [x]
+    return [x.astype(cast_dtype(node))]
+
+
+register("Cast", infer_cast, reference_cast, OpKind.ELEMENTWISE)
+
+
+def _slice_params(node: Node, rank: int):
+    starts = known_ints(node, 1, "starts")
+    ends = known_ints(node, 2, "ends")
+    has = lambda i: len(node.inputs) > i and node.inputs[i] is not None  # noqa: E731
+    axes = known_ints(node, 3, "axes") if has(3) else list(range(len(starts)))
+    steps = known_ints(node, 4, "steps") if has(4) else [1] * len(starts)
+    require(node, len(starts) == len(ends) == len(axes) == len(steps), "starts/ends/axes/steps differ in length")
+    require(node, all(s != 0 for s in steps), "slice steps must not be 0")
+    index = [slice(None)] * rank
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        index[normalize_axis(node, a, rank)] = slice(s, e, st)
+    return tuple(index)
+
+
+def infer_slice(node: Node) -> list[TensorType]:
+    x = node.inputs[0].type
+    index = _slice_params(node, x.rank)
+    shape = []
+    for d, sl in zip(x.shape, index):
+        if sl == slice(None):
+            shape.append(d)
+        else:
+            require(node, isinstance(d, int), f"slicing symbolic dim {d} is not supported")
+            shape.append(len(range(d)[sl]))
+    return [TensorType(x.dtype, tuple(shape))]
+
+
+register("Slice", infer_slice, lambda node, inputs: [inputs[0][_slice_params(node, inputs[0].ndim)]],
+         OpKind.SHAPE, static_inputs=(1, 2, 3, 4))

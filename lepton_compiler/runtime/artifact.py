@@ -1,0 +1,151 @@
+"""The artifact format: a zip of a JSON manifest, the native object, the weights and the model.
+
+Nothing is pickled. The manifest records the format version, the sha256 of the
+ONNX model and of every payload file, the target (triple, CPU, features) and
+the input/output signature; ``load`` checks all of it before any code runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from .. import __version__
+from ..backends.llvm.compiler import NativeCode
+from ..backends.llvm.target import Target, check_runnable
+from ..errors import ArtifactError, LeptonError
+from .model import CompiledModel, TensorInfo
+
+FORMAT = "lepton-artifact"
+VERSION = 1
+MANIFEST = "manifest.json"
+OBJECT, WEIGHTS, MODEL, LLVM_IR = "native.o", "weights.bin", "model.onnx", "model.ll"
+ALIGN = 64
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _pack_weights(arrays) -> tuple[bytes, list[dict]]:
+    blob = io.BytesIO()
+    table = []
+    for array in arrays:
+        blob.write(b"\0" * ((-blob.tell()) % ALIGN))
+        offset = blob.tell()
+        data = np.ascontiguousarray(array).tobytes()
+        blob.write(data)
+        table.append({"dtype": str(array.dtype), "shape": list(array.shape), "offset": offset, "nbytes": len(data)})
+    return blob.getvalue(), table
+
+
+def save(model: CompiledModel, path) -> None:
+    weights, table = _pack_weights(model.constants)
+    for entry, name in zip(table, model.constant_names):
+        entry["name"] = name
+    payload = {OBJECT: model.native.obj, WEIGHTS: weights, MODEL: model.model_bytes,
+               LLVM_IR: model.native.llvm_ir.encode()}
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "lepton_version": __version__,
+        "model_sha256": _sha256(model.model_bytes),
+        "target": model.target.to_json(),
+        "inputs": [i.to_json() for i in model.inputs],
+        "outputs": [o.to_json() for o in model.outputs],
+        "batch_symbol": model.batch_symbol,
+        "workspace": list(model.workspace),
+        "constants": table,
+        "options": model.options,
+        "payload": {name: _sha256(data) for name, data in payload.items()},
+    }
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".lepton-", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise LeptonError(f"cannot write '{path}': {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+            for name, data in payload.items():
+                zf.writestr(name, data)
+        os.replace(tmp, path)  # the old file stays whole until the new one is
+    except BaseException as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise LeptonError(f"cannot write '{path}': {exc.strerror or exc}") from None
+        raise
+
+
+def _read(path) -> tuple[dict, dict[str, bytes]]:
+    try:
+        with zipfile.ZipFile(os.fspath(path)) as zf:
+            files = {name: zf.read(name) for name in zf.namelist()}
+    except FileNotFoundError:
+        raise ArtifactError(f"no such artifact: '{os.fspath(path)}'") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError) as exc:
+        raise ArtifactError(f"'{os.fspath(path)}' is not a lepton artifact or is damaged: {exc}") from None
+    if MANIFEST not in files:
+        raise ArtifactError(f"'{os.fspath(path)}' has no manifest; it is not a lepton artifact")
+    try:
+        manifest = json.loads(files[MANIFEST])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"the manifest of '{os.fspath(path)}' is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ArtifactError(f"'{os.fspath(path)}' is not a lepton artifact")
+    return manifest, files
+
+
+def load(path) -> CompiledModel:
+    """Load a saved artifact, refusing a damaged one or one this host cannot run."""
+    manifest, files = _read(path)
+    where = os.fspath(path)
+    if manifest.get("version") != VERSION:
+        raise ArtifactError(f"'{where}' has artifact format version {manifest.get('version')}; "
+                            f"this lepton reads version {VERSION}: recompile the model")
+    try:
+        for name, digest in manifest["payload"].items():
+            if name not in files:
+                raise ArtifactError(f"'{where}' is missing {name}")
+            if _sha256(files[name]) != digest:
+                raise ArtifactError(f"'{where}' is damaged: the checksum of {name} does not match its manifest")
+        if _sha256(files[MODEL]) != manifest["model_sha256"]:
+            raise ArtifactError(f"'{where}' is damaged: the model checksum does not match")
+        target = Target.from_json(manifest["target"])
+        check_runnable(target)
+        constants = _unpack_weights(files[WEIGHTS], manifest["constants"], where)
+        inputs = [TensorInfo.from_json(d) for d in manifest["inputs"]]
+        outputs = [TensorInfo.from_json(d) for d in manifest["outputs"]]
+        per_batch, fixed = (int(x) for x in manifest["workspace"])
+        return CompiledModel(
+            inputs=inputs, outputs=outputs,
+            native=NativeCode(target, files[LLVM_IR].decode(), files[OBJECT]),
+            constants=constants, constant_names=[c["name"] for c in manifest["constants"]],
+            workspace=(per_batch, fixed), batch_symbol=manifest["batch_symbol"],
+            model_bytes=files[MODEL], options=manifest.get("options", {}))
+    except LeptonError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ArtifactError(f"the manifest of '{where}' is malformed: {exc!r}") from None
+
+
+def _unpack_weights(blob: bytes, table: list, where: str) -> list[np.ndarray]:
+    arrays = []
+    for entry in table:
+        dtype = np.dtype(entry["dtype"])
+        shape = tuple(int(d) for d in entry["shape"])
+        offset, nbytes = int(entry["offset"]), int(entry["nbytes"])
+        if dtype.hasobject or offset < 0 or nbytes != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize \
+                or offset + nbytes > len(blob):
+            raise ArtifactError(f"'{where}' is damaged: constant '{entry.get('name')}' does not fit the weights")
+        array = np.frombuffer(blob, dtype, count=int(np.prod(shape, dtype=np.int64)), offset=offset).reshape(shape)
+        arrays.append(array)
+    return arrays
