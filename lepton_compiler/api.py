@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Optional
 
 from .backends.llvm.compiler import compile_ir
@@ -38,8 +37,14 @@ def compile(model: ModelSource, target: str = "cpu", opt_level: int = 3, quantiz
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise LeptonError(f"threads must be a positive int or None, not {threads!r}")
     proto = load_onnx(model)
-    model_bytes = proto.SerializeToString()
     graph = optimize(proto, opt_level, verify=verify, after_pass=after_pass)
+    return compile_graph(graph, proto.SerializeToString(), mcpu=mcpu,
+                         options={"opt_level": opt_level, "threads": threads, "mcpu": mcpu})
+
+
+def compile_graph(graph: Graph, model_bytes: bytes = b"", *, mcpu: Optional[str] = None,
+                  options: Optional[dict] = None) -> CompiledModel:
+    """Lower an (optimized) IR graph to native code; ``model_bytes`` is the ONNX it came from."""
     spec = resolve_target(mcpu)
     module, plan = build_module(graph, spec.triple)
     native = compile_ir(str(module), spec)
@@ -48,4 +53,4 @@ def compile(model: ModelSource, target: str = "cpu", opt_level: int = 3, quantiz
         outputs=[TensorInfo(v.name, v.type.dtype, v.type.shape) for v in graph.outputs],
         native=native, constants=plan.constants, constant_names=plan.constant_names,
         workspace=plan.workspace, batch_symbol=plan.batch_symbol, model_bytes=model_bytes,
-        options={"opt_level": opt_level, "threads": threads, "mcpu": mcpu})
+        options=dict(options or {}))

@@ -151,8 +151,10 @@ def same(op: str) -> Converter:
 
 
 for _op in ("Conv", "Relu", "MaxPool", "Flatten", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div",
-            "Identity", "Shape", "Gather", "Concat", "Cast"):
+            "Identity", "Shape", "Gather", "Concat", "Cast", "LeakyRelu", "Sigmoid", "Tanh", "Transpose"):
     converter(_op)(same(_op))
+converter("HardSwish", since=14)(same("HardSwish"))
+converter("Clip", since=11)(same("Clip"))
 converter("Reshape", since=5)(same("Reshape"))
 converter("Softmax", since=13)(same("Softmax"))
 converter("Unsqueeze", since=13)(same("Unsqueeze"))
@@ -203,6 +205,26 @@ def convert_slice_v1(ctx, proto, name, attrs):
     if "axes" in attrs:
         inputs.append(ctx.constant(f"{name}_axes", np.array(attrs["axes"], np.int64)))
     ctx.add("Slice", name, inputs, list(proto.output))
+
+
+@converter("Clip", since=1)
+def convert_clip_v1(ctx, proto, name, attrs):
+    """Before opset 11 Clip's bounds are attributes; the IR takes them as inputs."""
+    inputs = _inputs(ctx, proto)
+    for key, default in (("min", -3.4028234663852886e38), ("max", 3.4028234663852886e38)):
+        inputs.append(ctx.constant(f"{name}_{key}", np.array(attrs.get(key, default), np.float32)))
+    ctx.add("Clip", name, inputs, list(proto.output))
+
+
+@converter("BatchNormalization", since=1)
+def convert_batchnorm(ctx, proto, name, attrs):
+    """Inference BatchNormalization; the optional training outputs are not supported."""
+    if attrs.get("training_mode", 0) or (ctx.opset < 7 and not attrs.get("is_test", 0)) or len(proto.output) > 1:
+        raise UnsupportedOpError([("BatchNormalization", name, "", ctx.opset)], "training mode is not supported")
+    if attrs.get("spatial", 1) != 1:
+        raise UnsupportedOpError([("BatchNormalization", name, "", ctx.opset)], "spatial=0 is not supported")
+    kept = {k: v for k, v in attrs.items() if k == "epsilon"}
+    ctx.add("BatchNormalization", name, _inputs(ctx, proto), list(proto.output), kept)
 
 
 @converter("Dropout", since=1)

@@ -166,3 +166,32 @@ def reference_softmax(node: Node, inputs):
 
 
 register("Softmax", infer_softmax, reference_softmax, OpKind.REDUCTION)
+
+
+# -- BatchNormalization (inference) ----------------------------------------------------------------
+def infer_batchnorm(node: Node) -> list[TensorType]:
+    x = _float_input(node)
+    require(node, x.rank >= 2, f"expects [N, C, ...], got {x}")
+    require(node, not node.attr("training_mode", 0), "training mode is not supported")
+    require(node, len(node.outputs) == 1, "the running mean/var outputs (training mode) are not supported")
+    channels = x.shape[1]
+    for i, what in enumerate(("scale", "B", "mean", "var"), start=1):
+        require(node, node.inputs[i] is not None and node.inputs[i].type.shape == (channels,),
+                f"{what} must have shape [{channels}]")
+    return [x]
+
+
+def batchnorm_affine(node: Node, scale, bias, mean, var) -> tuple[np.ndarray, np.ndarray]:
+    """BatchNormalization as ``x * a + b`` per channel (float64)."""
+    a = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + node.attr("epsilon", 1e-5))
+    return a, bias.astype(np.float64) - mean.astype(np.float64) * a
+
+
+def reference_batchnorm(node: Node, inputs):
+    x = inputs[0]
+    a, b = batchnorm_affine(node, *inputs[1:5])
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return [(x.astype(np.float64) * a.reshape(shape) + b.reshape(shape)).astype(x.dtype)]
+
+
+register("BatchNormalization", infer_batchnorm, reference_batchnorm, OpKind.ELEMENTWISE)

@@ -270,3 +270,18 @@ def infer_slice(node: Node) -> list[TensorType]:
 
 register("Slice", infer_slice, lambda node, inputs: [inputs[0][_slice_params(node, inputs[0].ndim)]],
          OpKind.SHAPE, static_inputs=(1, 2, 3, 4))
+
+
+def _perm(node: Node, rank: int) -> list[int]:
+    perm = node.attr("perm", list(reversed(range(rank))))
+    require(node, sorted(perm) == list(range(rank)), f"perm {perm} is not a permutation of {rank} axes")
+    return list(perm)
+
+
+def infer_transpose(node: Node) -> list[TensorType]:
+    x = node.inputs[0].type
+    return [TensorType(x.dtype, tuple(x.shape[p] for p in _perm(node, x.rank)))]
+
+
+register("Transpose", infer_transpose, lambda node, inputs: [np.transpose(inputs[0], _perm(node, inputs[0].ndim))],
+         OpKind.OPAQUE)

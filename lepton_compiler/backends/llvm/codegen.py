@@ -144,6 +144,13 @@ class KernelBuilder:
         self.b.store(initial, slot)
         return slot
 
+    def stack_array(self, element: ir.Type, count: int) -> ir.Value:
+        """A fixed-size scratch array on the stack (allocated once, in the entry block)."""
+        with self.b.goto_block(self.entry):
+            self.b.position_at_start(self.entry)
+            array = self.b.alloca(ir.ArrayType(element, count))
+        return self.b.gep(array, [ir.Constant(I64, 0), ir.Constant(I64, 0)])
+
     # -- math --------------------------------------------------------------------------------
     def intrinsic(self, name: str, *args: ir.Value) -> ir.Value:
         """Call an overloaded intrinsic whose arguments and result share one type."""

@@ -1,20 +1,29 @@
-"""Direct convolution (1-D and 2-D, groups, strides, dilations, pads).
+"""Direct convolution (1-D and 2-D, groups, strides, dilations, pads), with the fused
+epilogue of ``FusedConv``: residual add, activation and max pooling.
 
 Loop order: image, output channel, output row; then input channel and kernel
 row; then a loop over the output row per kernel column whose bounds are
-computed at compile time so that padding needs no test in the inner loop,
-which is contiguous for stride 1 and vectorizes.
+computed at compile time, so padding needs no test in the inner loop, which is
+contiguous for stride 1 and vectorizes. With pooling, each conv row is built in
+a stack buffer and max-reduced into the pooled row at once: the full conv
+output never reaches memory.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
+
+from llvmlite import ir
 
 from ...errors import UnsupportedOpError
-from ...ir import Node
+from ...ir import Node, Value
+from ...ops.fused import conv_node, conv_output_type, pool_node
 from ...ops.nn import conv_window, pool_window
 from ...ops.shapes import Window
-from .codegen import KernelBuilder
+from .activations import activate
+from .codegen import F32, KernelBuilder
+from .elementwise import broadcast_strides
 from .registry import lowering
 
 
@@ -44,7 +53,8 @@ class Geometry2D:
             return cls(spatial[0], spatial[1], win.out[0], win.out[1], win.kernel[0], win.kernel[1],
                        win.strides[0], win.strides[1], win.dilations[0], win.dilations[1],
                        win.pads_begin[0], win.pads_begin[1])
-        raise UnsupportedOpError([(node.op, node.name, "", 17)], f"{len(spatial)}-D windows are not supported")
+        raise UnsupportedOpError([(node.op, node.name, node.domain, 17)],
+                                 f"{len(spatial)}-D windows are not supported by the cpu backend")
 
     def column_range(self, kw: int) -> tuple[int, int]:
         """Output columns ``[lo, hi)`` whose input column for kernel column ``kw`` is not padding."""
@@ -53,40 +63,115 @@ class Geometry2D:
         hi = min(self.out_w, (self.in_w - 1 - off) // self.s_w + 1) if self.in_w - 1 - off >= 0 else 0
         return lo, hi
 
+    def input_row(self, k: KernelBuilder, out_row: ir.Value, kh: int) -> ir.Value:
+        return k.b.sub(k.b.add(k.b.mul(out_row, k.i64(self.s_h)), k.i64(kh * self.d_h)), k.i64(self.p_top))
 
-@lowering("Conv")
-def lower_conv(k: KernelBuilder, node: Node) -> None:
-    x, w = node.inputs[0], node.inputs[1]
-    bias = node.inputs[2] if len(node.inputs) > 2 else None
-    y = node.outputs[0]
-    g = Geometry2D.of(node, x.type.shape[2:], conv_window(node))
-    group = node.attr("group", 1)
-    channels, out_channels = x.type.shape[1], w.type.shape[0]
-    icg, ocg = channels // group, out_channels // group
-    xp, wp, yp = k.ptr(x), k.ptr(w), k.ptr(y)
+
+def emit_window_row(k: KernelBuilder, g: Geometry2D, src: ir.Value, dst: ir.Value, kw: int, combine) -> None:
+    """``dst[ow] = combine(dst[ow], src[ow * s_w + kw * d_w - p_left])`` over the columns that are not padding."""
+    lo, hi = g.column_range(kw)
+    if lo >= hi:
+        return
+    off = kw * g.d_w - g.p_left
+    with k.loop(hi, start=lo, name="ow") as ow:
+        col = k.b.add(k.b.mul(ow, k.i64(g.s_w)), k.i64(off))
+        k.store(combine(k.load(dst, ow), k.load(src, col)), dst, ow)
+
+
+@dataclass
+class ConvParts:
+    x: Value
+    w: Value
+    bias: Optional[Value]
+    residual: Optional[Value]
+    conv_shape: tuple       # [N, OC, OH, OW] (or 1-D) of the conv before pooling
+    activation: str
+    activation_params: list
+
+
+def emit_conv_row(k: KernelBuilder, parts: ConvParts, g: Geometry2D, group: int,
+                  n: ir.Value, oc: ir.Value, oh: ir.Value, row: ir.Value) -> None:
+    """One output row of the conv with bias, residual and activation applied."""
     b = k.b
-    with k.loop(k.dim(x.type.shape[0]), name="n") as n, k.loop(out_channels, name="oc") as oc:
-        first_in = b.mul(b.udiv(oc, k.i64(ocg)), k.i64(icg))
+    channels, out_channels = parts.x.type.shape[1], parts.w.type.shape[0]
+    icg, ocg = channels // group, out_channels // group
+    xp, wp = k.ptr(parts.x), k.ptr(parts.w)
+    init = k.load(k.ptr(parts.bias), oc) if parts.bias is not None else k.f32(0.0)
+    with k.loop(g.out_w, name="ow0") as ow:
+        k.store(init, row, ow)
+    first_in = b.mul(b.udiv(oc, k.i64(ocg)), k.i64(icg))
+    with k.loop(icg, name="ic") as ic:
+        cin = b.add(first_in, ic)
+        for kh in range(g.k_h):
+            ih = g.input_row(k, oh, kh)
+            with b.if_then(k.in_range(ih, g.in_h)):
+                src = b.gep(xp, [k.linear([n, cin, ih, 0], [None, channels, g.in_h, g.in_w])])
+                for kw in range(g.k_w):
+                    weight = k.load(wp, k.linear([oc, ic, kh, kw], [None, icg, g.k_h, g.k_w]))
+                    emit_window_row(k, g, src, row, kw, lambda acc, v, weight=weight: k.fma(weight, v, acc))
+    if parts.residual is None and not parts.activation:
+        return
+    if parts.residual is not None:
+        shape4 = parts.conv_shape if len(parts.conv_shape) == 4 else parts.conv_shape[:2] + (1,) + parts.conv_shape[2:]
+        res_shape = parts.residual.type.shape
+        res_shape = res_shape if len(parts.conv_shape) == 4 else res_shape[:-1] + (1,) + res_shape[-1:]
+        strides = broadcast_strides(k, res_shape, shape4)
+        res_base = b.add(b.add(b.mul(n, k.i64(strides[0])), b.mul(oc, k.i64(strides[1]))),
+                         b.mul(oh, k.i64(strides[2])))
+    with k.loop(g.out_w, name="ep") as ow:
+        value = k.load(row, ow)
+        if parts.residual is not None:
+            at = b.add(res_base, b.mul(ow, k.i64(strides[3])))
+            value = b.fadd(value, k.load(k.ptr(parts.residual), at))
+        k.store(activate(k, parts.activation, value, parts.activation_params), row, ow)
+
+
+def conv_parts(node: Node) -> tuple[ConvParts, Geometry2D]:
+    x, w = node.inputs[0], node.inputs[1]
+    plain = conv_node(node) if node.op == "FusedConv" else node
+    shape = conv_output_type(node).shape if node.op == "FusedConv" else node.outputs[0].type.shape
+    parts = ConvParts(
+        x, w,
+        node.inputs[2] if len(node.inputs) > 2 else None,
+        node.inputs[3] if len(node.inputs) > 3 else None,
+        shape, node.attr("activation", ""), list(node.attr("activation_params", [])))
+    return parts, Geometry2D.of(node, x.type.shape[2:], conv_window(plain))
+
+
+@lowering("Conv", "FusedConv")
+def lower_conv(k: KernelBuilder, node: Node) -> None:
+    parts, g = conv_parts(node)
+    y = node.outputs[0]
+    out_channels = parts.w.type.shape[0]
+    group = node.attr("group", 1)
+    b = k.b
+    if node.op == "FusedConv" and node.attr("pool_kernel") is not None:
+        emit_pooled_conv(k, node, parts, g)
+        return
+    with k.loop(k.dim(parts.x.type.shape[0]), name="n") as n, k.loop(out_channels, name="oc") as oc:
         with k.loop(g.out_h, name="oh") as oh:
-            row = b.gep(yp, [k.linear([n, oc, oh, 0], [None, out_channels, g.out_h, g.out_w])])
-            init = k.load(k.ptr(bias), oc) if bias is not None else k.f32(0.0)
-            with k.loop(g.out_w, name="ow0") as ow:
-                k.store(init, row, ow)
-            with k.loop(icg, name="ic") as ic:
-                cin = b.add(first_in, ic)
-                for kh in range(g.k_h):
-                    ih = b.sub(b.add(b.mul(oh, k.i64(g.s_h)), k.i64(kh * g.d_h)), k.i64(g.p_top))
-                    with b.if_then(k.in_range(ih, g.in_h)):
-                        src = b.gep(xp, [k.linear([n, cin, ih, 0], [None, channels, g.in_h, g.in_w])])
-                        for kw in range(g.k_w):
-                            lo, hi = g.column_range(kw)
-                            if lo >= hi:
-                                continue
-                            weight = k.load(wp, k.linear([oc, ic, kh, kw], [None, icg, g.k_h, g.k_w]))
-                            off = kw * g.d_w - g.p_left
-                            with k.loop(hi, start=lo, name="ow") as ow:
-                                col = b.add(b.mul(ow, k.i64(g.s_w)), k.i64(off))
-                                k.store(k.fma(weight, k.load(src, col), k.load(row, ow)), row, ow)
+            row = b.gep(k.ptr(y), [k.linear([n, oc, oh, 0], [None, out_channels, g.out_h, g.out_w])])
+            emit_conv_row(k, parts, g, group, n, oc, oh, row)
+
+
+def emit_pooled_conv(k: KernelBuilder, node: Node, parts: ConvParts, g: Geometry2D) -> None:
+    """Conv rows built one at a time in a stack buffer and max-reduced into the pooled rows."""
+    y = node.outputs[0]
+    out_channels = parts.w.type.shape[0]
+    p = Geometry2D.of(node, parts.conv_shape[2:], pool_window(pool_node(node, conv_output_type(node))))
+    scratch = k.stack_array(F32, g.out_w)
+    b = k.b
+    with k.loop(k.dim(parts.x.type.shape[0]), name="n") as n, k.loop(out_channels, name="oc") as oc:
+        with k.loop(p.out_h, name="ph") as ph:
+            prow = b.gep(k.ptr(y), [k.linear([n, oc, ph, 0], [None, out_channels, p.out_h, p.out_w])])
+            with k.loop(p.out_w, name="pw0") as pw:
+                k.store(k.f32(float("-inf")), prow, pw)
+            for pkh in range(p.k_h):
+                oh = p.input_row(k, ph, pkh)
+                with b.if_then(k.in_range(oh, p.in_h)):
+                    emit_conv_row(k, parts, g, node.attr("group", 1), n, oc, oh, scratch)
+                    for pkw in range(p.k_w):
+                        emit_window_row(k, p, scratch, prow, pkw, k.max)
 
 
 @lowering("MaxPool")
@@ -94,22 +179,15 @@ def lower_maxpool(k: KernelBuilder, node: Node) -> None:
     x, y = node.inputs[0], node.outputs[0]
     g = Geometry2D.of(node, x.type.shape[2:], pool_window(node))
     channels = x.type.shape[1]
-    xp, yp = k.ptr(x), k.ptr(y)
     b = k.b
     with k.loop(k.dim(x.type.shape[0]), name="n") as n, k.loop(channels, name="c") as c:
         with k.loop(g.out_h, name="oh") as oh:
-            row = b.gep(yp, [k.linear([n, c, oh, 0], [None, channels, g.out_h, g.out_w])])
+            row = b.gep(k.ptr(y), [k.linear([n, c, oh, 0], [None, channels, g.out_h, g.out_w])])
             with k.loop(g.out_w, name="ow0") as ow:
                 k.store(k.f32(float("-inf")), row, ow)
             for kh in range(g.k_h):
-                ih = b.sub(b.add(b.mul(oh, k.i64(g.s_h)), k.i64(kh * g.d_h)), k.i64(g.p_top))
+                ih = g.input_row(k, oh, kh)
                 with b.if_then(k.in_range(ih, g.in_h)):
-                    src = b.gep(xp, [k.linear([n, c, ih, 0], [None, channels, g.in_h, g.in_w])])
+                    src = b.gep(k.ptr(x), [k.linear([n, c, ih, 0], [None, channels, g.in_h, g.in_w])])
                     for kw in range(g.k_w):
-                        lo, hi = g.column_range(kw)
-                        off = kw * g.d_w - g.p_left
-                        if lo >= hi:
-                            continue
-                        with k.loop(hi, start=lo, name="ow") as ow:
-                            col = b.add(b.mul(ow, k.i64(g.s_w)), k.i64(off))
-                            k.store(k.max(k.load(row, ow), k.load(src, col)), row, ow)
+                        emit_window_row(k, g, src, row, kw, k.max)

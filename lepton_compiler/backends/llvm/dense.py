@@ -1,28 +1,38 @@
-"""Gemm and MatMul: rows of the output accumulated as ``y[m, :] += a[m, k] * b[k, :]``.
+"""Gemm, MatMul and FusedGemm: rows of the output accumulated as ``y[m, :] += a[m, k] * b[k, :]``.
 
 The inner loop runs over contiguous output columns and vectorizes. A constant
-``B`` that Gemm reads transposed is transposed once at compile time.
+``B`` that Gemm reads transposed is transposed once at compile time. FusedGemm
+applies its activation and softmax to each finished row while it is in cache.
 """
 
 from __future__ import annotations
+
+from typing import Callable, Optional
 
 import numpy as np
 from llvmlite import ir
 
 from ...ir import Node
+from .activations import activate
 from .codegen import KernelBuilder
 from .elementwise import broadcast_strides
 from .registry import lowering
+from .softmax import emit_softmax_row
+
+RowFn = Callable[[KernelBuilder, ir.Value, ir.Value], None]   # (k, row index, row pointer)
 
 
 def emit_matmul_block(k: KernelBuilder, a: ir.Value, a_row: ir.Value, a_col: ir.Value,
                       b: ir.Value, b_row: ir.Value, b_col: ir.Value, y: ir.Value,
-                      m: ir.Value, kk: ir.Value, n: ir.Value, alpha: float = 1.0, accumulate: bool = False) -> None:
-    """``y[i, j] (+)= alpha * sum_p a[i*a_row + p*a_col] * b[p*b_row + j*b_col]`` for a row-major y."""
+                      m: ir.Value, kk: ir.Value, n: ir.Value, alpha: float = 1.0,
+                      init_row: Optional[RowFn] = None, finish_row: Optional[RowFn] = None) -> None:
+    """``y[i, j] = init + alpha * sum_p a[i*a_row + p*a_col] * b[p*b_row + j*b_col]`` for a row-major y."""
     bld = k.b
     with k.loop(m, name="m") as i:
         y_row = bld.gep(y, [bld.mul(i, n)])
-        if not accumulate:
+        if init_row is not None:
+            init_row(k, i, y_row)
+        else:
             with k.loop(n, name="j0") as j:
                 k.store(k.f32(0.0), y_row, j)
         a_base = bld.mul(i, a_row)
@@ -34,9 +44,11 @@ def emit_matmul_block(k: KernelBuilder, a: ir.Value, a_row: ir.Value, a_col: ir.
             with k.loop(n, name="j") as j:
                 bv = k.load(b, bld.add(b_base, bld.mul(j, b_col)))
                 k.store(k.fma(coef, bv, k.load(y_row, j)), y_row, j)
+        if finish_row is not None:
+            finish_row(k, i, y_row)
 
 
-@lowering("Gemm")
+@lowering("Gemm", "FusedGemm")
 def lower_gemm(k: KernelBuilder, node: Node) -> None:
     a, b_val = node.inputs[0], node.inputs[1]
     c = node.inputs[2] if len(node.inputs) > 2 else None
@@ -52,21 +64,30 @@ def lower_gemm(k: KernelBuilder, node: Node) -> None:
         trans_b = 0
         b_dims = [b_dims[1], b_dims[0]]
     b_row, b_col = (k.i64(1), b_dims[1]) if trans_b else (b_dims[1], k.i64(1))
-    yp = k.ptr(y)
     beta = float(node.attr("beta", 1.0))
+
+    init_row = None
     if c is not None and beta != 0.0:
         strides = broadcast_strides(k, c.type.shape, y.type.shape)
-        with k.loop(m, name="cm") as i, k.loop(n, name="cn") as j:
-            offset = k.b.add(k.b.mul(i, k.i64(strides[0])), k.b.mul(j, k.i64(strides[1])))
-            cv = k.load(k.ptr(c), offset)
-            if beta != 1.0:
-                cv = k.b.fmul(cv, k.f32(beta))
-            k.store(cv, yp, k.b.add(k.b.mul(i, n), j))
-        accumulate = True
-    else:
-        accumulate = False
-    emit_matmul_block(k, k.ptr(a), a_row, a_col, b_ptr, b_row, b_col, yp, m, kk, n,
-                      alpha=float(node.attr("alpha", 1.0)), accumulate=accumulate)
+
+        def init_row(k: KernelBuilder, i: ir.Value, row: ir.Value) -> None:
+            with k.loop(n, name="cn") as j:
+                cv = k.load(k.ptr(c), k.b.add(k.b.mul(i, k.i64(strides[0])), k.b.mul(j, k.i64(strides[1]))))
+                k.store(k.b.fmul(cv, k.f32(beta)) if beta != 1.0 else cv, row, j)
+
+    activation, params = node.attr("activation", ""), list(node.attr("activation_params", []))
+    softmax = bool(node.attr("softmax", 0))
+
+    def finish_row(k: KernelBuilder, i: ir.Value, row: ir.Value) -> None:
+        if activation:
+            with k.loop(n, name="act") as j:
+                k.store(activate(k, activation, k.load(row, j), params), row, j)
+        if softmax:
+            emit_softmax_row(k, row, row, n, k.i64(1))
+
+    emit_matmul_block(k, k.ptr(a), a_row, a_col, b_ptr, b_row, b_col, k.ptr(y), m, kk, n,
+                      alpha=float(node.attr("alpha", 1.0)), init_row=init_row,
+                      finish_row=finish_row if activation or softmax else None)
 
 
 @lowering("MatMul")

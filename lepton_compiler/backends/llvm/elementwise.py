@@ -4,20 +4,23 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 from llvmlite import ir
 
 from ...ir import Node
+from ...ops.activations import ACTIVATIONS, activation_params
+from ...ops.fused import parse_step
+from .activations import activate
 from .codegen import KernelBuilder
 from .registry import lowering
 
 ScalarFn = Callable[[KernelBuilder, list[ir.Value]], ir.Value]
 
-SCALAR_FNS: dict[str, ScalarFn] = {
-    "Relu": lambda k, xs: k.b.select(k.b.fcmp_ordered("<", xs[0], k.f32(0.0)), k.f32(0.0), xs[0]),
-    "Add": lambda k, xs: k.b.fadd(xs[0], xs[1]),
-    "Sub": lambda k, xs: k.b.fsub(xs[0], xs[1]),
-    "Mul": lambda k, xs: k.b.fmul(xs[0], xs[1]),
-    "Div": lambda k, xs: k.b.fdiv(xs[0], xs[1]),
+BINARY_FNS: dict[str, Callable] = {
+    "Add": lambda k, a, b: k.b.fadd(a, b),
+    "Sub": lambda k, a, b: k.b.fsub(a, b),
+    "Mul": lambda k, a, b: k.b.fmul(a, b),
+    "Div": lambda k, a, b: k.b.fdiv(a, b),
 }
 
 
@@ -38,9 +41,12 @@ def broadcast_strides(k: KernelBuilder, in_shape, out_shape) -> list[ir.Value | 
 
 
 def emit_elementwise(k: KernelBuilder, node: Node, fn: ScalarFn) -> None:
-    out = node.outputs[0]
+    emit_elementwise_values(k, [v for v in node.inputs if v is not None], node.outputs[0], fn)
+
+
+def emit_elementwise_values(k: KernelBuilder, operands, out, fn: ScalarFn) -> None:
+    """``out[i] = fn(operands broadcast at i)``: one flat loop when no operand broadcasts."""
     y = k.ptr(out)
-    operands = [v for v in node.inputs if v is not None]
     if all(v.type.shape == out.type.shape for v in operands):
         with k.loop(k.product(k.dims(out))) as i:
             k.store(fn(k, [k.load(k.ptr(v), i) for v in operands]), y, i)
@@ -58,5 +64,49 @@ def emit_elementwise(k: KernelBuilder, node: Node, fn: ScalarFn) -> None:
         k.store(fn(k, scalars), y, k.linear(index, dims))
 
 
-for _op, _fn in SCALAR_FNS.items():
-    lowering(_op)(lambda k, node, _fn=_fn: emit_elementwise(k, node, _fn))
+for _op, _binary in BINARY_FNS.items():
+    lowering(_op)(lambda k, node, _binary=_binary: emit_elementwise(k, node, lambda k, xs: _binary(k, *xs)))
+
+
+@lowering(*ACTIVATIONS)
+def lower_activation(k: KernelBuilder, node: Node) -> None:
+    params = activation_params(node)
+    x = node.inputs[0]
+    emit_elementwise_values(k, [x], node.outputs[0], lambda k, xs: activate(k, node.op, xs[0], params))
+
+
+@lowering("FusedElementwise")
+def lower_fused_elementwise(k: KernelBuilder, node: Node) -> None:
+    steps = [parse_step(s) for s in node.attr("program")]
+
+    def program(k: KernelBuilder, xs: list[ir.Value]) -> ir.Value:
+        values = list(xs)
+        for op, params, operands in steps:
+            args = [values[o] for o in operands]
+            values.append(BINARY_FNS[op](k, *args) if op in BINARY_FNS else activate(k, op, args[0], params))
+        return values[-1]
+
+    emit_elementwise(k, node, program)
+
+
+@lowering("BatchNormalization")
+def lower_batchnorm(k: KernelBuilder, node: Node) -> None:
+    """``x * a[c] + b[c]`` with ``a`` and ``b`` folded at compile time when the statistics are constants."""
+    from ...ops.nn import batchnorm_affine
+
+    x, y = node.inputs[0], node.outputs[0]
+    params = node.inputs[1:5]
+    if not all(p.is_const for p in params):
+        from ...errors import UnsupportedOpError
+        raise UnsupportedOpError([(node.op, node.name, "", 17)], "the statistics must be constants")
+    a, b = batchnorm_affine(node, *(p.const for p in params))
+    a_ptr = k.constant(f"{node.name}.scale", a.astype(np.float32))
+    b_ptr = k.constant(f"{node.name}.shift", b.astype(np.float32))
+    dims = k.dims(x)
+    inner = k.product(dims[2:])
+    with k.loop(dims[0], name="n") as n, k.loop(dims[1], name="c") as c:
+        scale, shift = k.load(a_ptr, c), k.load(b_ptr, c)
+        base = k.b.mul(k.b.add(k.b.mul(n, dims[1]), c), inner)
+        with k.loop(inner, name="s") as s:
+            at = k.b.add(base, s)
+            k.store(k.fma(k.load(k.ptr(x), at), scale, shift), k.ptr(y), at)

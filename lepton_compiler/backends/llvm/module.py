@@ -11,7 +11,7 @@ from llvmlite import ir
 
 from ...ir import Graph, Value
 from ...ops import REGISTRY
-from . import conv, dense, elementwise, softmax  # noqa: F401  (register lowerings)
+from . import conv, dense, elementwise, layout, softmax  # noqa: F401  (register lowerings)
 from .codegen import I8, I64, LLVM_TYPES, VOID, KernelBuilder, _ident
 from .plan import Plan, Storage, make_plan
 from .registry import LOWERINGS
