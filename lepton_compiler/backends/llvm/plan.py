@@ -40,7 +40,7 @@ class Plan:
     constant_names: list[str]
     copies: list[tuple[Value, int]]          # (value, output io slot) copied at the end
     workspace: tuple[int, int] = (0, 0)      # bytes = per_batch * batch + fixed
-    known: dict[Value, np.ndarray] = field(default_factory=dict)
+    workspace_unshared: tuple[int, int] = (0, 0)   # what it would be without buffer reuse
 
     def add_constant(self, name: str, array: np.ndarray) -> Storage:
         self.constants.append(np.ascontiguousarray(array))
@@ -72,68 +72,115 @@ def _concrete(value: Value) -> Optional[np.ndarray]:
     return np.asarray(known, dtype=value.type.dtype)
 
 
-def make_plan(graph: Graph) -> Plan:
-    """Choose the kernels (only what the outputs need) and lay out every buffer."""
-    needed_nodes: list[Node] = []
+def _needed_nodes(graph: Graph) -> tuple[list[Node], set[Value]]:
+    """The nodes the outputs depend on at run time (shape arithmetic is done at compile time)."""
+    nodes: list[Node] = []
     needed: set[Value] = set(graph.outputs)
     for node in reversed(graph.nodes):
         if not any(v in needed for v in node.outputs):
             continue
         if all(_concrete(v) is not None for v in node.outputs):
             continue  # computed at compile time
-        needed_nodes.append(node)
+        nodes.append(node)
         static = REGISTRY[node.op].static_inputs
-        for i, v in enumerate(node.inputs):
-            if v is not None and i not in static:
-                needed.add(v)
-    needed_nodes.reverse()
+        needed.update(v for i, v in enumerate(node.inputs) if v is not None and i not in static)
+    nodes.reverse()
+    return nodes, needed
 
-    missing = [(n.op, n.name, n.domain, graph.opset) for n in needed_nodes if not can_lower(n.op)]
+
+def _check_lowerable(graph: Graph, nodes: list[Node], needed: set[Value]) -> None:
+    missing = [(n.op, n.name, n.domain, graph.opset) for n in nodes if not can_lower(n.op)]
     if missing:
         raise UnsupportedOpError(missing, "no cpu kernel")
-    for node in needed_nodes:
+    for node in nodes:
+        where = [(node.op, node.name, node.domain, graph.opset)]
         for v in node.outputs + [i for i in node.inputs if i is not None]:
             if v in needed and v.type.dtype != "float32" and _concrete(v) is None:
-                raise UnsupportedOpError([(node.op, node.name, node.domain, graph.opset)],
-                                         f"the cpu backend computes float32 only; '{v.name}' is {v.type}")
+                raise UnsupportedOpError(where, f"the cpu backend computes float32 only; '{v.name}' is {v.type}")
         if node.op == "Dropout" and len(node.outputs) > 1 and node.outputs[1] in needed:
-            raise UnsupportedOpError([(node.op, node.name, node.domain, graph.opset)], "the mask output is not supported")
+            raise UnsupportedOpError(where, "the mask output is not supported")
 
-    batch_symbol = batch_symbol_of(graph, list(needed) + graph.inputs)
-    plan = Plan(graph, batch_symbol, [], {}, [], [], [])
+
+def make_plan(graph: Graph) -> Plan:
+    """Choose the kernels (only what the outputs need) and lay out every buffer."""
+    nodes, needed = _needed_nodes(graph)
+    _check_lowerable(graph, nodes, needed)
+    plan = Plan(graph, batch_symbol_of(graph, list(needed) + graph.inputs), [], {}, [], [], [])
     storage = plan.storage
     for i, v in enumerate(graph.inputs):
         storage[v] = Storage("io", i)
-    out_slot = {}
-    for j, v in enumerate(graph.outputs):
-        out_slot.setdefault(v, len(graph.inputs) + j)
     for v in graph.values():
         if v in needed and v not in storage and (array := v.const if v.is_const else _concrete(v)) is not None:
             storage[v] = plan.add_constant(v.name, array)
-            plan.known[v] = array
 
-    per_batch = fixed = 0
-    for node in needed_nodes:
+    root = {}  # view output -> the value whose bytes it shares
+    for node in nodes:
         if node.op in VIEWS:
-            storage[node.outputs[0]] = storage[node.inputs[0]]
-            continue
-        plan.kernels.append(node)
-        for v in node.outputs:
-            if v in out_slot and v not in storage:
-                storage[v] = Storage("io", out_slot[v])
-            elif v not in storage:
-                storage[v] = Storage("workspace", per_batch=per_batch, fixed=fixed)
-                row = _round(_row_bytes(v))
-                if batch_symbol in v.type.shape:
-                    per_batch += row
-                else:
-                    fixed += row
-    plan.workspace = (per_batch, fixed)
+            source = node.inputs[0]
+            root[node.outputs[0]] = root.get(source, source)
+        else:
+            plan.kernels.append(node)
+    # A graph output (or a view of one) is written by its kernel straight into the caller's array.
+    for j, v in enumerate(graph.outputs):
+        r = root.get(v, v)
+        if r not in storage and r.producer in plan.kernels:
+            storage[r] = Storage("io", len(graph.inputs) + j)
+    _allocate_workspace(plan, root)
+    for out, r in root.items():
+        storage[out] = storage[r]
     for j, v in enumerate(graph.outputs):
         slot = len(graph.inputs) + j
         if storage[v] != Storage("io", slot):
             plan.copies.append((v, slot))
     return plan
+
+
+def _allocate_workspace(plan: Plan, root: dict[Value, Value]) -> None:
+    """Give every intermediate an offset, reusing the bytes of buffers no longer live.
+
+    Sizes are linear in the batch, so batched buffers are placed in units of
+    bytes-per-image (one region) and static ones in bytes (another): one plan
+    holds for every batch size. Greedy first fit in definition order; a kernel's
+    output never shares bytes with its inputs (lifetimes include both ends).
+    """
+    end = len(plan.kernels)
+    last_use: dict[Value, int] = {}
+    for index, node in enumerate(plan.kernels):
+        for v in node.inputs:
+            if v is not None:
+                last_use[root.get(v, v)] = index
+    for out in plan.graph.outputs:
+        last_use[root.get(out, out)] = end  # copied out after the last kernel
+    regions: dict[bool, list[tuple[int, int, int, int]]] = {True: [], False: []}  # (start, stop, offset, size)
+    unshared = {True: 0, False: 0}
+    for index, node in enumerate(plan.kernels):
+        for v in node.outputs:
+            if v in plan.storage:
+                continue
+            batched = plan.batch_symbol in v.type.shape
+            size = _round(_row_bytes(v))
+            unshared[batched] += size
+            stop = last_use.get(v, index)
+            live = [r for r in regions[batched] if r[0] <= stop and index <= r[1]]
+            offset = _first_fit(live, size)
+            regions[batched].append((index, stop, offset, size))
+            plan.storage[v] = Storage("workspace", per_batch=offset if batched else 0, fixed=0 if batched else offset)
+    peak = {b: max((r[2] + r[3] for r in regions[b]), default=0) for b in regions}
+    # The static region follows the batched one: shift its offsets by per_batch * batch.
+    for v, st in list(plan.storage.items()):
+        if st.kind == "workspace" and st.per_batch == 0 and plan.batch_symbol not in v.type.shape:
+            plan.storage[v] = Storage("workspace", per_batch=peak[True], fixed=st.fixed)
+    plan.workspace = (peak[True], peak[False])
+    plan.workspace_unshared = (unshared[True], unshared[False])
+
+
+def _first_fit(live: list[tuple[int, int, int, int]], size: int) -> int:
+    offset = 0
+    for _, _, start, length in sorted(live, key=lambda r: r[2]):
+        if offset + size <= start:
+            break
+        offset = max(offset, start + length)
+    return offset
 
 
 def _row_bytes(v: Value) -> int:
