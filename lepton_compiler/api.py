@@ -53,4 +53,13 @@ def compile_graph(graph: Graph, model_bytes: bytes = b"", *, mcpu: Optional[str]
         outputs=[TensorInfo(v.name, v.type.dtype, v.type.shape) for v in graph.outputs],
         native=native, constants=plan.constants, constant_names=plan.constant_names,
         workspace=plan.workspace, batch_symbol=plan.batch_symbol, model_bytes=model_bytes,
-        options=dict(options or {}))
+        options=dict(options or {}), summary=compile_summary(plan))
+
+
+def compile_summary(plan) -> dict:
+    """What the backend made of the graph: kernels, and workspace bytes with and without reuse."""
+    return {
+        "kernels": [f"{n.domain + '.' if n.domain else ''}{n.op} {n.name}" for n in plan.kernels],
+        "workspace": list(plan.workspace),
+        "workspace_unshared": list(plan.workspace_unshared),
+    }

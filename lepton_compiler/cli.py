@@ -86,7 +86,15 @@ def cmd_compile(args) -> int:
             raise LeptonError("compile needs -o OUT.lepton (or --emit)")
         model.save(args.output)
         print(f"wrote {args.output} ({os.path.getsize(args.output):,} bytes) for {model.target.cpu}")
+    _print_summary(model.summary, sys.stdout if not args.emit else sys.stderr)
     return 0
+
+
+def _print_summary(summary: dict, out) -> None:
+    kernels = summary.get("kernels", [])
+    (per_image, fixed), (per_image0, fixed0) = summary["workspace"], summary["workspace_unshared"]
+    print(f"{len(kernels)} kernels; workspace {per_image:,} bytes per image + {fixed:,} "
+          f"(without buffer reuse: {per_image0:,} + {fixed0:,})", file=out)
 
 
 def _write(path: Optional[str], data, binary: bool, what: str) -> None:

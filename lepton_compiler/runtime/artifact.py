@@ -63,6 +63,7 @@ def save(model: CompiledModel, path) -> None:
         "workspace": list(model.workspace),
         "constants": table,
         "options": model.options,
+        "summary": model.summary,
         "payload": {name: _sha256(data) for name, data in payload.items()},
     }
     path = os.fspath(path)
@@ -130,7 +131,7 @@ def load(path) -> CompiledModel:
             native=NativeCode(target, files[LLVM_IR].decode(), files[OBJECT]),
             constants=constants, constant_names=[c["name"] for c in manifest["constants"]],
             workspace=(per_batch, fixed), batch_symbol=manifest["batch_symbol"],
-            model_bytes=files[MODEL], options=manifest.get("options", {}))
+            model_bytes=files[MODEL], options=manifest.get("options", {}), summary=manifest.get("summary", {}))
     except LeptonError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -46,7 +46,8 @@ class CompiledModel:
 
     def __init__(self, *, inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo], native: NativeCode,
                  constants: Sequence[np.ndarray], constant_names: Sequence[str], workspace: tuple[int, int],
-                 batch_symbol: Optional[str], model_bytes: bytes, options: Mapping):
+                 batch_symbol: Optional[str], model_bytes: bytes, options: Mapping,
+                 summary: Optional[Mapping] = None):
         self._inputs = tuple(inputs)
         self._outputs = tuple(outputs)
         self.native = native
@@ -56,6 +57,8 @@ class CompiledModel:
         self.batch_symbol = batch_symbol
         self.model_bytes = model_bytes
         self.options = dict(options)
+        self.summary = dict(summary or {})
+        """Kernels and workspace bytes as planned at compile time (see ``api.compile_summary``)."""
         self._const_table = (ctypes.c_void_p * max(1, len(self.constants)))(
             *[c.ctypes.data for c in self.constants])
         self._loaded: Optional[LoadedCode] = None
