@@ -30,9 +30,16 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (exit 2), like every other error of the command."""
+
+    def error(self, message: str):
+        self.exit(2, f"lepton: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lepton", description="Compile and run ONNX models natively.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="lepton", description="Compile and run ONNX models natively.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     c = sub.add_parser("compile", help="compile an ONNX model to an artifact (or emit IR/asm/object)")
     c.add_argument("model", help="ONNX file")
@@ -133,7 +140,8 @@ def cmd_run(args) -> int:
     names = [o.name for o in model.outputs]
     if args.output:
         try:
-            np.savez(args.output, **dict(zip(names, outputs)))
+            with open(args.output, "wb") as f:  # np.savez would append ".npz" to a bare path
+                np.savez(f, **dict(zip(names, outputs)))
         except OSError as exc:
             raise LeptonError(f"cannot write '{args.output}': {exc.strerror or exc}") from None
         print(f"wrote {args.output}: {', '.join(names)}")

@@ -66,6 +66,7 @@ def save(model: CompiledModel, path) -> None:
         "summary": model.summary,
         "payload": {name: _sha256(data) for name, data in payload.items()},
     }
+    manifest["manifest_sha256"] = manifest_digest(manifest)
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     try:
@@ -84,6 +85,13 @@ def save(model: CompiledModel, path) -> None:
         if isinstance(exc, OSError):
             raise LeptonError(f"cannot write '{path}': {exc.strerror or exc}") from None
         raise
+
+
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of the manifest's canonical JSON without this field: damage to the manifest
+    itself (sizes, shapes) is caught before it can mislead native code."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return _sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
 def _read(path) -> tuple[dict, dict[str, bytes]]:
@@ -112,6 +120,8 @@ def load(path) -> CompiledModel:
     if manifest.get("version") != VERSION:
         raise ArtifactError(f"'{where}' has artifact format version {manifest.get('version')}; "
                             f"this lepton reads version {VERSION}: recompile the model")
+    if manifest.get("manifest_sha256") != manifest_digest(manifest):
+        raise ArtifactError(f"'{where}' is damaged: the manifest checksum does not match")
     try:
         for name, digest in manifest["payload"].items():
             if name not in files:
@@ -126,6 +136,8 @@ def load(path) -> CompiledModel:
         inputs = [TensorInfo.from_json(d) for d in manifest["inputs"]]
         outputs = [TensorInfo.from_json(d) for d in manifest["outputs"]]
         per_batch, fixed = (int(x) for x in manifest["workspace"])
+        if per_batch < 0 or fixed < 0:
+            raise ArtifactError(f"'{where}' is damaged: negative workspace size")
         return CompiledModel(
             inputs=inputs, outputs=outputs,
             native=NativeCode(target, files[LLVM_IR].decode(), files[OBJECT]),
