@@ -46,7 +46,7 @@ def compile_graph(graph: Graph, model_bytes: bytes = b"", *, mcpu: Optional[str]
                   options: Optional[dict] = None) -> CompiledModel:
     """Lower an (optimized) IR graph to native code; ``model_bytes`` is the ONNX it came from."""
     spec = resolve_target(mcpu)
-    module, plan = build_module(graph, spec.triple)
+    module, plan = build_module(graph, spec)
     native = compile_ir(str(module), spec)
     return CompiledModel(
         inputs=[TensorInfo(v.name, v.type.dtype, v.type.shape) for v in graph.inputs],

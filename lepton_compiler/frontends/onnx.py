@@ -293,6 +293,8 @@ def _value_type(info: onnx.ValueInfoProto) -> TensorType:
     if info.type.WhichOneof("value") != "tensor_type":
         raise ModelFormatError(f"input '{info.name}' is not a tensor")
     tensor = info.type.tensor_type
+    if not tensor.HasField("shape"):
+        raise ModelFormatError(f"input '{info.name}' has no shape (unknown rank); lepton needs every input's rank")
     try:
         dtype = str(helper.tensor_dtype_to_np_dtype(tensor.elem_type))
         shape = []

@@ -25,15 +25,16 @@ FLOAT_DTYPES = ("float32", "float64", "float16")
 
 
 # -- the driver ---------------------------------------------------------------------------------
-def apply_rule(g: Graph, rule: Rule) -> bool:
-    """Try ``rule`` on each node of ``g`` (in order, in place); True when any rewrite happened.
+def apply_rule(g: Graph, rule: Rule, reverse: bool = False) -> bool:
+    """Try ``rule`` on each node of ``g`` (in order, or last first; in place); True when any
+    rewrite happened.
 
     Nodes a rewrite removes are skipped; nodes it creates are not visited in this sweep.
     """
     modified = False
     users = g.users()
     alive = set(g.nodes)
-    for node in list(g.nodes):
+    for node in (list(reversed(g.nodes)) if reverse else list(g.nodes)):
         if node not in alive:
             continue
         if rule(g, node, users):
@@ -43,12 +44,12 @@ def apply_rule(g: Graph, rule: Rule) -> bool:
     return modified
 
 
-def run_rules(graph: Graph, *rules: Rule) -> PassResult:
+def run_rules(graph: Graph, *rules: Rule, reverse: bool = False) -> PassResult:
     """The body of a pure pass: copy the graph, sweep each rule once in turn, re-infer types."""
     g = graph.copy()
     modified = False
     for rule in rules:
-        modified = apply_rule(g, rule) or modified
+        modified = apply_rule(g, rule, reverse) or modified
     infer_graph(g)
     return PassResult(g, modified)
 

@@ -12,30 +12,35 @@ ScalarAct = Callable[[KernelBuilder, ir.Value, Sequence[float]], ir.Value]
 
 
 def _relu(k: KernelBuilder, x, p):
-    return k.b.select(k.b.fcmp_ordered("<", x, k.f32(0.0)), k.f32(0.0), x)
+    zero = k.const_like(x, 0.0)
+    return k.b.select(k.b.fcmp_ordered("<", x, zero), zero, x)
 
 
 def _leaky_relu(k: KernelBuilder, x, p):
-    return k.b.select(k.b.fcmp_ordered("<", x, k.f32(0.0)), k.b.fmul(x, k.f32(p[0])), x)
+    return k.b.select(k.b.fcmp_ordered("<", x, k.const_like(x, 0.0)), k.b.fmul(x, k.const_like(x, p[0])), x)
 
 
 def _clip(k: KernelBuilder, x, p):
-    low = k.b.select(k.b.fcmp_ordered("<", x, k.f32(p[0])), k.f32(p[0]), x)
-    return k.b.select(k.b.fcmp_ordered(">", low, k.f32(p[1])), k.f32(p[1]), low)
+    lo, hi = k.const_like(x, p[0]), k.const_like(x, p[1])
+    low = k.b.select(k.b.fcmp_ordered("<", x, lo), lo, x)
+    return k.b.select(k.b.fcmp_ordered(">", low, hi), hi, low)
 
 
 def _sigmoid(k: KernelBuilder, x, p):
     e = k.intrinsic("llvm.exp", k.b.fneg(x))
-    return k.b.fdiv(k.f32(1.0), k.b.fadd(k.f32(1.0), e))
+    one = k.const_like(x, 1.0)
+    return k.b.fdiv(one, k.b.fadd(one, e))
 
 
 def _tanh(k: KernelBuilder, x, p):
+    if isinstance(x.type, ir.VectorType):
+        raise ValueError("Tanh is emitted on scalars only (libm's tanhf)")
     fn = k.module.globals.get("tanhf") or ir.Function(k.module, ir.FunctionType(F32, [F32]), "tanhf")
     return k.b.call(fn, [x])
 
 
 def _hard_swish(k: KernelBuilder, x, p):
-    gate = _clip(k, k.b.fadd(k.b.fmul(x, k.f32(1.0 / 6.0)), k.f32(0.5)), [0.0, 1.0])
+    gate = _clip(k, k.b.fadd(k.b.fmul(x, k.const_like(x, 1.0 / 6.0)), k.const_like(x, 0.5)), [0.0, 1.0])
     return k.b.fmul(x, gate)
 
 
@@ -43,6 +48,10 @@ SCALAR_ACTIVATIONS: dict[str, ScalarAct] = {
     "Relu": _relu, "LeakyRelu": _leaky_relu, "Clip": _clip, "Sigmoid": _sigmoid, "Tanh": _tanh,
     "HardSwish": _hard_swish,
 }
+
+
+VECTOR_ACTIVATIONS = frozenset(SCALAR_ACTIVATIONS) - {"Tanh"}
+"""Activations that can be applied to whole vectors."""
 
 
 def activate(k: KernelBuilder, name: str, x: ir.Value, params: Sequence[float]) -> ir.Value:

@@ -32,9 +32,12 @@ class KernelBuilder:
     ``loop``. Everything else is plain ``llvmlite.ir.IRBuilder`` on ``self.b``.
     """
 
-    def __init__(self, module: ir.Module, name: str, buffers: Sequence[Value], add_constant):
+    def __init__(self, module: ir.Module, name: str, buffers: Sequence[Value], add_constant,
+                 lanes: int = 0, registers: int = 16):
         self.module = module
         self._add_constant = add_constant
+        self.lanes = lanes            # floats per vector register of the target (0: no SIMD kernels)
+        self.registers = registers    # vector registers of the target
         arg_types = [I64, I8.as_pointer().as_pointer()] + [LLVM_TYPES[v.type.dtype].as_pointer() for v in buffers]
         self.fn = ir.Function(module, ir.FunctionType(VOID, arg_types), name)
         self.fn.linkage = "internal"
@@ -151,11 +154,36 @@ class KernelBuilder:
             array = self.b.alloca(ir.ArrayType(element, count))
         return self.b.gep(array, [ir.Constant(I64, 0), ir.Constant(I64, 0)])
 
+    # -- vectors -------------------------------------------------------------------------------
+    def vload(self, ptr: ir.Value, offset: IntLike, lanes: int) -> ir.Value:
+        """``lanes`` consecutive floats from ``ptr + offset`` (element alignment only)."""
+        vptr = self.b.bitcast(self.b.gep(ptr, [self.i64(offset)], inbounds=True), ir.VectorType(F32, lanes).as_pointer())
+        return self.b.load(vptr, align=4)
+
+    def vstore(self, value: ir.Value, ptr: ir.Value, offset: IntLike) -> None:
+        vptr = self.b.bitcast(self.b.gep(ptr, [self.i64(offset)], inbounds=True), value.type.as_pointer())
+        self.b.store(value, vptr, align=4)
+
+    def splat(self, scalar: ir.Value, lanes: int) -> ir.Value:
+        """``scalar`` in every lane (the load folds into a broadcast operand of the FMA)."""
+        vec_type = ir.VectorType(scalar.type, lanes)
+        one = self.b.insert_element(ir.Constant(vec_type, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
+        return self.b.shuffle_vector(one, ir.Constant(vec_type, ir.Undefined),
+                                     ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+
+    def const_like(self, x: ir.Value, value: float) -> ir.Constant:
+        """A float constant of ``x``'s type: a scalar, or the same value in every lane."""
+        if isinstance(x.type, ir.VectorType):
+            return ir.Constant(x.type, [float(value)] * x.type.count)
+        return ir.Constant(x.type, float(value))
+
     # -- math --------------------------------------------------------------------------------
     def intrinsic(self, name: str, *args: ir.Value) -> ir.Value:
         """Call an overloaded intrinsic whose arguments and result share one type."""
-        fnty = ir.FunctionType(args[0].type, [a.type for a in args])
-        fn = self.module.declare_intrinsic(name, [args[0].type], fnty)
+        full = f"{name}.{_type_suffix(args[0].type)}"
+        fn = self.module.globals.get(full)
+        if fn is None:
+            fn = ir.Function(self.module, ir.FunctionType(args[0].type, [a.type for a in args]), full)
         return self.b.call(fn, list(args))
 
     def fma(self, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
@@ -168,6 +196,13 @@ class KernelBuilder:
     def finish(self) -> ir.Function:
         self.b.ret_void()
         return self.fn
+
+
+def _type_suffix(t: ir.Type) -> str:
+    """LLVM's overload suffix: ``f32``, ``v16f32``."""
+    if isinstance(t, ir.VectorType):
+        return f"v{t.count}{_type_suffix(t.element)}"
+    return t.intrinsic_name
 
 
 def _ident(name: str) -> str:

@@ -140,6 +140,16 @@ def conv_parts(node: Node) -> tuple[ConvParts, Geometry2D]:
 
 @lowering("Conv", "FusedConv")
 def lower_conv(k: KernelBuilder, node: Node) -> None:
+    from .conv_simd import SimdConv, simd_supported
+
+    if simd_supported(node, k.lanes):
+        SimdConv(k, node, k.lanes, k.registers).emit()
+        return
+    lower_direct_conv(k, node)
+
+
+def lower_direct_conv(k: KernelBuilder, node: Node) -> None:
+    """The portable kernel: any group count, residual with pooling, scalar-only activations."""
     parts, g = conv_parts(node)
     y = node.outputs[0]
     out_channels = parts.w.type.shape[0]

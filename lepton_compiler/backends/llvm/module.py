@@ -15,14 +15,16 @@ from . import conv, dense, elementwise, layout, softmax  # noqa: F401  (register
 from .codegen import I8, I64, LLVM_TYPES, VOID, KernelBuilder, _ident
 from .plan import Plan, Storage, make_plan
 from .registry import LOWERINGS
+from .target import Target
 
 ENTRY = "lepton_main"
 
 
-def build_module(graph: Graph, triple: str) -> tuple[ir.Module, Plan]:
+def build_module(graph: Graph, target: Target) -> tuple[ir.Module, Plan]:
     plan = make_plan(graph)
     module = ir.Module(name=graph.name)
-    module.triple = triple
+    module.triple = target.triple
+    lanes = target.vector_bits() // 32
     i8pp = I8.as_pointer().as_pointer()
     entry_fn = ir.Function(module, ir.FunctionType(VOID, [I64, i8pp, i8pp, I8.as_pointer()]), ENTRY)
     batch, io, consts, workspace = entry_fn.args
@@ -50,7 +52,8 @@ def build_module(graph: Graph, triple: str) -> tuple[ir.Module, Plan]:
             if v is not None and i not in static and v not in buffers:
                 buffers.append(v)
         buffers += [v for v in node.outputs if v in plan.storage]
-        kernel = KernelBuilder(module, f"k{index}_{_ident(node.op)}_{_ident(node.name)}", buffers, add_constant)
+        kernel = KernelBuilder(module, f"k{index}_{_ident(node.op)}_{_ident(node.name)}", buffers, add_constant,
+                               lanes=lanes, registers=target.vector_registers())
         LOWERINGS[node.op](kernel, node)
         kernel.finish()
         b.call(kernel.fn, [batch, consts] + [typed(v) for v in buffers])

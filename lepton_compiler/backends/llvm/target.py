@@ -58,6 +58,9 @@ class Target:
             return 128
         return 0
 
+    def vector_registers(self) -> int:
+        return 32 if "avx512f" in self.features or self.triple.startswith("aarch64") else 16
+
     def to_json(self) -> dict:
         return {"triple": self.triple, "cpu": self.cpu, "features": list(self.features)}
 
