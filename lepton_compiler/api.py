@@ -62,4 +62,5 @@ def compile_summary(plan) -> dict:
         "kernels": [f"{n.domain + '.' if n.domain else ''}{n.op} {n.name}" for n in plan.kernels],
         "workspace": list(plan.workspace),
         "workspace_unshared": list(plan.workspace_unshared),
+        "batch_rules": [[list(allowed), reason] for allowed, reason in plan.batch_rules],
     }

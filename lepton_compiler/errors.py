@@ -25,7 +25,7 @@ class UnsupportedOpError(LeptonError):
             for op, node, domain, opset in self.ops
         ]
         noun = "operator" if len(parts) == 1 else "operators"
-        super().__init__(f"unsupported {noun}: " + "; ".join(parts) + f": {reason}")
+        super().__init__(f"unsupported {noun}: " + "; ".join(parts) + f": {reason}" if parts else reason)
 
 
 class InputError(LeptonError, ValueError):

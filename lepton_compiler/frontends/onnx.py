@@ -311,10 +311,13 @@ def _value_type(info: onnx.ValueInfoProto) -> TensorType:
 
 
 def _check_supported(model: onnx.ModelProto, opset: int) -> None:
+    versions = {entry.domain: entry.version for entry in model.opset_import}
     missing = []
     for i, proto in enumerate(model.graph.node):
-        if find_converter(proto.domain if proto.domain != "ai.onnx" else "", proto.op_type, opset) is None:
-            missing.append((proto.op_type, proto.name or f"{proto.op_type}_{i}", proto.domain, opset))
+        domain = proto.domain if proto.domain != "ai.onnx" else ""
+        if find_converter(domain, proto.op_type, opset) is None:
+            version = opset if domain == "" else versions.get(proto.domain, 0)
+            missing.append((proto.op_type, proto.name or f"{proto.op_type}_{i}", proto.domain, version))
     if missing:
         raise UnsupportedOpError(missing)
 
@@ -360,7 +363,8 @@ def import_model(source: ModelSource) -> Graph:
         outputs.append(ctx.values[info.name])
     if not outputs:
         raise ModelFormatError("the graph has no outputs")
-    return Graph(g.name or "model", inputs, outputs, ctx.nodes, ctx.constants, opset=EXPORT_OPSET)
+    # The IR has opset-17 semantics whatever the source; ``opset`` records the source for messages.
+    return Graph(g.name or "model", inputs, outputs, ctx.nodes, ctx.constants, opset=opset)
 
 
 def _topological(g: onnx.GraphProto) -> list[onnx.NodeProto]:

@@ -2,6 +2,7 @@
 
 from .graph import Graph, Node, Value
 from .symbols import Sym
-from .types import Dim, TensorType
+from .types import Dim, TensorType, dim_factors, eval_dim, make_dim, shape_product
 
-__all__ = ["Graph", "Node", "Value", "TensorType", "Dim", "Sym"]
+__all__ = ["Graph", "Node", "Value", "TensorType", "Dim", "Sym", "dim_factors", "eval_dim", "make_dim",
+           "shape_product"]

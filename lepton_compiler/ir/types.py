@@ -10,6 +10,45 @@ import numpy as np
 Dim = Union[int, str]
 """A dimension: a non-negative int, or a symbol such as ``"N"`` for the batch."""
 
+def dim_factors(d: Dim) -> tuple[tuple[str, ...], int]:
+    """A dim as (symbols, factor): ``"N"`` -> (("N",), 1), ``"N*60"`` -> (("N",), 60), ``7`` -> ((), 7)."""
+    if isinstance(d, int):
+        return (), d
+    symbols, factor = [], 1
+    for token in d.split("*"):
+        if token.isdigit():
+            factor *= int(token)
+        else:
+            symbols.append(token)
+    return tuple(sorted(symbols)), factor
+
+
+def make_dim(symbols, factor: int) -> Dim:
+    """The inverse of ``dim_factors``."""
+    if not symbols or factor == 0:
+        return factor
+    return "*".join(sorted(symbols)) + (f"*{factor}" if factor != 1 else "")
+
+
+def shape_product(dims) -> Dim:
+    """Product of dims, symbolic where any is: ``["N", 3, 4]`` -> ``"N*12"``."""
+    symbols: list[str] = []
+    factor = 1
+    for d in dims:
+        s, f = dim_factors(d)
+        symbols += s
+        factor *= f
+    return make_dim(symbols, factor)
+
+
+def eval_dim(d: Dim, values: dict) -> int:
+    """A dim's value once its symbols are known."""
+    symbols, factor = dim_factors(d)
+    for s in symbols:
+        factor *= values[s]
+    return factor
+
+
 DTYPES = ("float32", "float64", "float16", "int8", "uint8", "int16", "int32", "int64", "bool")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper as onnx_helper
 
-from ..ir import Node, Sym, TensorType
+from ..ir import Node, Sym, TensorType, dim_factors, make_dim, shape_product
 from .registry import OpKind, register, require
 from .shapes import dim_of, known_ints, normalize_axis
 
@@ -37,18 +37,7 @@ def infer_flatten(node: Node) -> list[TensorType]:
     axis = node.attr("axis", 1)
     require(node, -x.rank <= axis <= x.rank, f"axis {axis} is out of range for rank {x.rank}")
     axis = axis % x.rank if axis < 0 else axis
-    return [TensorType(x.dtype, (_product(x.shape[:axis]), _product(x.shape[axis:])))]
-
-
-def _product(dims):
-    """Product of dims; one symbolic dim times ones stays symbolic."""
-    symbols = [d for d in dims if isinstance(d, str)]
-    static = int(np.prod([d for d in dims if isinstance(d, int)], dtype=np.int64))
-    if not symbols:
-        return static
-    if len(symbols) == 1 and static == 1:
-        return symbols[0]
-    return "*".join(symbols) + (f"*{static}" if static != 1 else "")
+    return [TensorType(x.dtype, (shape_product(x.shape[:axis]), shape_product(x.shape[axis:])))]
 
 
 def reference_flatten(node: Node, inputs):
@@ -74,28 +63,18 @@ def reshape_target(node: Node, in_shape, target) -> tuple:
             require(node, t >= -1, f"invalid target dim {t}")
             out.append(int(t))
     require(node, out.count(-1) <= 1, f"target {target} has more than one -1")
-    known = [d for d in out if d != -1]
-    in_symbols = sorted(d for d in in_shape if isinstance(d, str))
-    out_symbols = sorted(d for d in known if isinstance(d, str))
-    in_static = int(np.prod([d for d in in_shape if isinstance(d, int)], dtype=np.int64))
-    out_static = int(np.prod([d for d in known if isinstance(d, int)], dtype=np.int64))
+    in_symbols, in_factor = dim_factors(shape_product(in_shape))
+    known_symbols, known_factor = dim_factors(shape_product([d for d in out if d != -1]))
     if -1 in out:
-        rest_symbols = list(in_symbols)
-        for s in out_symbols:
-            require(node, s in rest_symbols, f"cannot reshape {list(in_shape)} to {target}")
-            rest_symbols.remove(s)
-        require(node, out_static != 0 and in_static % out_static == 0,
+        rest = list(in_symbols)
+        for s in known_symbols:
+            require(node, s in rest, f"cannot reshape {list(in_shape)} to {target}")
+            rest.remove(s)
+        require(node, known_factor != 0 and in_factor % known_factor == 0,
                 f"cannot reshape {list(in_shape)} to {target}")
-        factor = in_static // out_static
-        if rest_symbols:
-            require(node, len(rest_symbols) == 1 and factor == 1,
-                    f"cannot infer -1 in {target} from {list(in_shape)} at compile time")
-            fill = rest_symbols[0]
-        else:
-            fill = factor
-        out[out.index(-1)] = fill
+        out[out.index(-1)] = make_dim(rest, in_factor // known_factor)
     else:
-        require(node, in_symbols == out_symbols and in_static == out_static,
+        require(node, (in_symbols, in_factor) == (known_symbols, known_factor),
                 f"cannot reshape {list(in_shape)} to {target}")
     return tuple(out)
 

@@ -46,6 +46,11 @@ def per_channel(array: Optional[np.ndarray], out: Value) -> Optional[np.ndarray]
     return np.broadcast_to(array.astype(np.float64).reshape(-1), (channels,))
 
 
+def folded_name(name: str) -> str:
+    """``w`` -> ``w_folded``; folding again gives ``w_folded_1`` (not ``w_folded_folded``)."""
+    return name if name.rsplit("_", 1)[-1] == "folded" else f"{name}_folded"
+
+
 def folded_linear(g: Graph, node: Node, users: Users, scale: Optional[np.ndarray],
                   shift: Optional[np.ndarray]) -> Optional[Node]:
     """A candidate copy of ``node`` (a Conv/Gemm with nothing fused after the linear part)
@@ -67,7 +72,7 @@ def folded_linear(g: Graph, node: Node, users: Users, scale: Optional[np.ndarray
             w = w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
         else:
             w = w * (scale[:, None] if node.attr("transB", 0) else scale[None, :])
-        inputs[1] = add_constant(g, f"{weight.name}_folded", w.astype(weight.const.dtype))
+        inputs[1] = add_constant(g, folded_name(weight.name), w.astype(weight.const.dtype))
     b = constant_of(bias)
     b = None if b is None else b.astype(np.float64)
     if not conv and b is not None:
@@ -80,7 +85,7 @@ def folded_linear(g: Graph, node: Node, users: Users, scale: Optional[np.ndarray
         if not conv:
             attrs["beta"] = 1.0
     if b is not None:
-        base = f"{bias.name}_folded" if bias is not None else f"{node.name}_bias"
+        base = folded_name(bias.name) if bias is not None else f"{node.name}_bias"
         inputs[2] = add_constant(g, base, np.ascontiguousarray(b, dtype=dtype))
     return make_node(node.op, node.name, inputs, attrs, node.domain)
 

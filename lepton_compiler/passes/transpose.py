@@ -61,9 +61,10 @@ def compose(g: Graph, node: Node, users) -> bool:
     inner = producer(node.inputs[0])
     if inner is None or inner.op != "Transpose":
         return False
+    inner_dies = only_user(g, inner.outputs[0], users) is node
     node.attrs["perm"] = composed(perm_of(inner), perm_of(node))
     node.inputs[0] = inner.inputs[0]
-    if only_user(g, inner.outputs[0], users) is node:
+    if inner_dies:
         g.nodes.remove(inner)
     return True
 

@@ -12,7 +12,7 @@ import numpy as np
 from ..backends.llvm.compiler import LoadedCode, NativeCode
 from ..backends.llvm.target import check_runnable
 from ..errors import InputError
-from ..ir import Dim
+from ..ir import Dim, eval_dim
 
 WORKSPACE_ALIGN = 64
 
@@ -169,10 +169,15 @@ class CompiledModel:
                     raise InputError(f"input '{info.name}' has shape {_shape_str(array.shape)}; dim {axis} must be "
                                      f"{want} (the model expects {_shape_str(info.shape)})")
             arrays.append(np.require(array, requirements="CA"))
-        return arrays, batch if batch is not None else 1
+        batch = batch if batch is not None else 1
+        for allowed, reason in self.summary.get("batch_rules", []):
+            if batch not in allowed:
+                raise InputError(f"{self.batch_symbol}={batch} is not valid for this model: {reason} "
+                                 f"({self.batch_symbol} must be one of {', '.join(map(str, allowed))})")
+        return arrays, batch
 
     def _concrete(self, shape, batch: int) -> tuple[int, ...]:
-        return tuple(batch if isinstance(d, str) else d for d in shape)
+        return tuple(eval_dim(d, {self.batch_symbol: batch}) for d in shape)
 
     # -- saving --------------------------------------------------------------------------------
     def save(self, path) -> None:

@@ -8,7 +8,7 @@ from typing import Iterator, Sequence, Union
 import numpy as np
 from llvmlite import ir
 
-from ...ir import Dim, Value
+from ...ir import Dim, Value, dim_factors
 
 I1 = ir.IntType(1)
 I8 = ir.IntType(8)
@@ -33,8 +33,11 @@ class KernelBuilder:
     """
 
     def __init__(self, module: ir.Module, name: str, buffers: Sequence[Value], add_constant,
-                 lanes: int = 0, registers: int = 16):
+                 lanes: int = 0, registers: int = 16, batch_symbol: str | None = None):
         self.module = module
+        self.batch_symbol = batch_symbol
+        self.batch_rules: list[tuple[tuple[int, ...], str]] = []
+        """Batch sizes the kernel is valid for, with the reason (checked by the runtime)."""
         self._add_constant = add_constant
         self.lanes = lanes            # floats per vector register of the target (0: no SIMD kernels)
         self.registers = registers    # vector registers of the target
@@ -52,12 +55,19 @@ class KernelBuilder:
         self.entry = self.fn.append_basic_block("entry")
         self.b = ir.IRBuilder(self.entry)
 
+    def require_batch(self, allowed: tuple[int, ...], reason: str) -> None:
+        self.batch_rules.append((tuple(sorted(set(allowed))), reason))
+
     # -- buffers and shapes ------------------------------------------------------------------
     def ptr(self, value: Value) -> ir.Value:
         return self._ptrs[value]
 
     def dim(self, d: Dim) -> ir.Value:
-        return self.batch if isinstance(d, str) else ir.Constant(I64, d)
+        """A dim as an i64: constant, or the batch (times a constant factor, as in ``N*60``)."""
+        symbols, factor = dim_factors(d)
+        if not symbols:
+            return ir.Constant(I64, factor)
+        return self.batch if factor == 1 else self.b.mul(self.batch, ir.Constant(I64, factor))
 
     def dims(self, value: Value) -> list[ir.Value]:
         return [self.dim(d) for d in value.type.shape]

@@ -16,7 +16,6 @@ from typing import Optional
 
 from llvmlite import ir
 
-from ...errors import UnsupportedOpError
 from ...ir import Node, Value
 from ...ops.fused import conv_node, conv_output_type, pool_node
 from ...ops.nn import conv_window, pool_window
@@ -24,7 +23,7 @@ from ...ops.shapes import Window
 from .activations import activate
 from .codegen import F32, KernelBuilder
 from .elementwise import broadcast_strides
-from .registry import lowering
+from .registry import NotLowerable, lowering
 
 
 @dataclass(frozen=True)
@@ -53,8 +52,7 @@ class Geometry2D:
             return cls(spatial[0], spatial[1], win.out[0], win.out[1], win.kernel[0], win.kernel[1],
                        win.strides[0], win.strides[1], win.dilations[0], win.dilations[1],
                        win.pads_begin[0], win.pads_begin[1])
-        raise UnsupportedOpError([(node.op, node.name, node.domain, 17)],
-                                 f"{len(spatial)}-D windows are not supported by the cpu backend")
+        raise NotLowerable(f"{len(spatial)}-D windows are not supported by the cpu backend")
 
     def column_range(self, kw: int) -> tuple[int, int]:
         """Output columns ``[lo, hi)`` whose input column for kernel column ``kw`` is not padding."""

@@ -12,7 +12,7 @@ from ...ops.activations import ACTIVATIONS, activation_params
 from ...ops.fused import parse_step
 from .activations import activate
 from .codegen import KernelBuilder
-from .registry import lowering
+from .registry import NotLowerable, lowering
 
 ScalarFn = Callable[[KernelBuilder, list[ir.Value]], ir.Value]
 
@@ -25,15 +25,26 @@ BINARY_FNS: dict[str, Callable] = {
 
 
 def broadcast_strides(k: KernelBuilder, in_shape, out_shape) -> list[ir.Value | int]:
-    """Element strides of an input read at output indices: 0 along broadcast dims."""
+    """Element strides of an input read at output indices: 0 along broadcast dims.
+
+    A dynamic input dim against a static output dim D (numpy allows the batch to
+    be 1 or D there) gets a stride chosen at run time, and the runtime refuses
+    other batch sizes before native code runs.
+    """
     rank = len(out_shape)
     padded = (1,) * (rank - len(in_shape)) + tuple(in_shape)
     strides: list = [0] * rank
     step: ir.Value | int = 1
     for axis in reversed(range(rank)):
-        d = padded[axis]
-        if d == 1 and out_shape[axis] != 1:
+        d, out = padded[axis], out_shape[axis]
+        if d == 1 and out != 1:
             strides[axis] = 0
+        elif isinstance(d, str) and isinstance(out, int) and out != 1:
+            if d != k.batch_symbol:
+                raise NotLowerable(f"broadcasting the dynamic dim {d} against {out} is not supported")
+            k.require_batch((1, out), f"its dim {d} is broadcast against {out}")
+            is_one = k.b.icmp_signed("==", k.batch, k.i64(1))
+            strides[axis] = k.b.select(is_one, k.i64(0), k.i64(step))
         else:
             strides[axis] = step
         step = d * step if isinstance(d, int) and isinstance(step, int) else k.b.mul(k.i64(step), k.dim(d))
@@ -97,8 +108,7 @@ def lower_batchnorm(k: KernelBuilder, node: Node) -> None:
     x, y = node.inputs[0], node.outputs[0]
     params = node.inputs[1:5]
     if not all(p.is_const for p in params):
-        from ...errors import UnsupportedOpError
-        raise UnsupportedOpError([(node.op, node.name, "", 17)], "the statistics must be constants")
+        raise NotLowerable("the statistics must be constants")
     a, b = batchnorm_affine(node, *(p.const for p in params))
     a_ptr = k.constant(f"{node.name}.scale", a.astype(np.float32))
     b_ptr = k.constant(f"{node.name}.shift", b.astype(np.float32))

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from llvmlite import ir
 
+from ...errors import UnsupportedOpError
 from ...ir import Graph, Value
 from ...ops import REGISTRY
 from . import conv, dense, elementwise, layout, softmax  # noqa: F401  (register lowerings)
 from .codegen import I8, I64, LLVM_TYPES, VOID, KernelBuilder, _ident
-from .plan import Plan, Storage, make_plan
-from .registry import LOWERINGS
+from .plan import Plan, Storage, make_plan, size_in_bytes
+from .registry import LOWERINGS, NotLowerable
 from .target import Target
 
 ENTRY = "lepton_main"
@@ -53,24 +54,20 @@ def build_module(graph: Graph, target: Target) -> tuple[ir.Module, Plan]:
                 buffers.append(v)
         buffers += [v for v in node.outputs if v in plan.storage]
         kernel = KernelBuilder(module, f"k{index}_{_ident(node.op)}_{_ident(node.name)}", buffers, add_constant,
-                               lanes=lanes, registers=target.vector_registers())
-        LOWERINGS[node.op](kernel, node)
+                               lanes=lanes, registers=target.vector_registers(), batch_symbol=plan.batch_symbol)
+        try:
+            LOWERINGS[node.op](kernel, node)
+        except NotLowerable as exc:
+            raise UnsupportedOpError([(node.op, node.name, node.domain, graph.opset)], str(exc)) from None
         kernel.finish()
+        plan.batch_rules += [(allowed, f"node '{node.name}' ({node.op}): {why}") for allowed, why in kernel.batch_rules]
         b.call(kernel.fn, [batch, consts] + [typed(v) for v in buffers])
 
     memcpy = module.declare_intrinsic("llvm.memcpy", [I8.as_pointer(), I8.as_pointer(), I64])
     for value, slot in plan.copies:
-        row = _static_bytes(value)
-        size = b.mul(batch, ir.Constant(I64, row)) if plan.batch_symbol in value.type.shape else ir.Constant(I64, row)
+        row, batched = size_in_bytes(value)
+        size = b.mul(batch, ir.Constant(I64, row)) if batched else ir.Constant(I64, row)
         dst = b.load(b.gep(io, [ir.Constant(I64, slot)]))
         b.call(memcpy, [dst, address(plan.storage[value]), size, ir.Constant(ir.IntType(1), 0)])
     b.ret_void()
     return module, plan
-
-
-def _static_bytes(value: Value) -> int:
-    n = value.type.np_dtype.itemsize
-    for d in value.type.shape:
-        if isinstance(d, int):
-            n *= d
-    return n

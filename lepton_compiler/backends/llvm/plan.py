@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from ...errors import UnsupportedOpError
-from ...ir import Graph, Node, Value
+from ...ir import Graph, Node, Value, dim_factors
 from ...ops import REGISTRY
 from .registry import VIEWS, can_lower
 
@@ -41,6 +41,7 @@ class Plan:
     copies: list[tuple[Value, int]]          # (value, output io slot) copied at the end
     workspace: tuple[int, int] = (0, 0)      # bytes = per_batch * batch + fixed
     workspace_unshared: tuple[int, int] = (0, 0)   # what it would be without buffer reuse
+    batch_rules: list[tuple[tuple[int, ...], str]] = field(default_factory=list)  # (allowed sizes, reason)
 
     def add_constant(self, name: str, array: np.ndarray) -> Storage:
         self.constants.append(np.ascontiguousarray(array))
@@ -52,17 +53,38 @@ def _round(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def batch_symbol_of(graph: Graph, values) -> Optional[str]:
-    symbols = sorted({d for v in values for d in v.type.shape if isinstance(d, str)})
-    if len(symbols) > 1:
-        raise UnsupportedOpError(
-            [("", "", "", graph.opset)],
-            f"dynamic dims {symbols}: the cpu backend supports one dynamic dim (the batch)")
+def batch_symbol_of(graph: Graph, nodes: list[Node], values) -> Optional[str]:
+    """The one dynamic dim the backend allows; every tensor's size must be linear in it."""
+    symbols: list[str] = []
     for v in values:
-        if sum(isinstance(d, str) for d in v.type.shape) > 1:
-            raise UnsupportedOpError([("", "", "", graph.opset)],
-                                     f"value '{v.name}' has the dynamic dim twice: {v.type}")
+        for d in v.type.shape:
+            symbols += [s for s in dim_factors(d)[0] if s not in symbols]
+    if len(symbols) > 1:
+        first = next((n for n in nodes if _symbols_of(n) - {symbols[0]}), None)
+        where = [(first.op, first.name, first.domain, graph.opset)] if first else []
+        raise UnsupportedOpError(where, f"dynamic dims {sorted(symbols)}: the cpu backend supports one "
+                                        "dynamic dim (the batch)")
+    for v in values:
+        count = sum(len(dim_factors(d)[0]) for d in v.type.shape)
+        if count > 1:
+            producer = v.producer
+            where = [(producer.op, producer.name, producer.domain, graph.opset)] if producer else []
+            raise UnsupportedOpError(where, f"value '{v.name}' has the dynamic dim twice: {v.type}")
     return symbols[0] if symbols else None
+
+
+def _symbols_of(node: Node) -> set[str]:
+    return {s for v in node.inputs + node.outputs if v is not None for d in v.type.shape for s in dim_factors(d)[0]}
+
+
+def size_in_bytes(v: Value) -> tuple[int, bool]:
+    """Bytes of ``v`` per unit of the batch (and whether it scales with the batch), or total bytes."""
+    per, batched = np.dtype(v.type.dtype).itemsize, False
+    for d in v.type.shape:
+        symbols, factor = dim_factors(d)
+        per *= factor
+        batched = batched or bool(symbols)
+    return per, batched
 
 
 def _concrete(value: Value) -> Optional[np.ndarray]:
@@ -105,7 +127,8 @@ def make_plan(graph: Graph) -> Plan:
     """Choose the kernels (only what the outputs need) and lay out every buffer."""
     nodes, needed = _needed_nodes(graph)
     _check_lowerable(graph, nodes, needed)
-    plan = Plan(graph, batch_symbol_of(graph, list(needed) + graph.inputs), [], {}, [], [], [])
+    values = [v for v in graph.values() if v in needed or v in graph.inputs]
+    plan = Plan(graph, batch_symbol_of(graph, nodes, values), [], {}, [], [], [])
     storage = plan.storage
     for i, v in enumerate(graph.inputs):
         storage[v] = Storage("io", i)
@@ -157,8 +180,8 @@ def _allocate_workspace(plan: Plan, root: dict[Value, Value]) -> None:
         for v in node.outputs:
             if v in plan.storage:
                 continue
-            batched = plan.batch_symbol in v.type.shape
-            size = _round(_row_bytes(v))
+            row, batched = size_in_bytes(v)
+            size = _round(row)
             unshared[batched] += size
             stop = last_use.get(v, index)
             live = [r for r in regions[batched] if r[0] <= stop and index <= r[1]]
@@ -168,7 +191,7 @@ def _allocate_workspace(plan: Plan, root: dict[Value, Value]) -> None:
     peak = {b: max((r[2] + r[3] for r in regions[b]), default=0) for b in regions}
     # The static region follows the batched one: shift its offsets by per_batch * batch.
     for v, st in list(plan.storage.items()):
-        if st.kind == "workspace" and st.per_batch == 0 and plan.batch_symbol not in v.type.shape:
+        if st.kind == "workspace" and st.per_batch == 0 and not size_in_bytes(v)[1]:
             plan.storage[v] = Storage("workspace", per_batch=peak[True], fixed=st.fixed)
     plan.workspace = (peak[True], peak[False])
     plan.workspace_unshared = (unshared[True], unshared[False])
@@ -181,8 +204,3 @@ def _first_fit(live: list[tuple[int, int, int, int]], size: int) -> int:
             break
         offset = max(offset, start + length)
     return offset
-
-
-def _row_bytes(v: Value) -> int:
-    static = [d for d in v.type.shape if isinstance(d, int)]
-    return int(np.prod(static, dtype=np.int64)) * np.dtype(v.type.dtype).itemsize

@@ -7,6 +7,11 @@ from typing import Callable
 from ...ir import Node
 from .codegen import KernelBuilder
 
+class NotLowerable(Exception):
+    """Raised by a lowering for a node it cannot emit; becomes an ``UnsupportedOpError``
+    naming the node and the model's opset."""
+
+
 LowerFn = Callable[[KernelBuilder, Node], None]
 LOWERINGS: dict[str, LowerFn] = {}
 VIEWS = {"Identity", "Dropout", "Flatten", "Reshape", "Squeeze", "Unsqueeze"}
