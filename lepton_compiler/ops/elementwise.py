@@ -32,8 +32,12 @@ def _binary(fn):
 
 
 def _int_div(a, b):
+    """ONNX Div: integers truncate toward zero (as C does), floats divide."""
     if a.dtype.kind in "iu":
         return np.trunc(np.asarray(a, np.float64) / b).astype(a.dtype)
+    if a.dtype == object:  # compile-time shape arithmetic: Python ints, maybe symbols (TypeError)
+        return np.frompyfunc(lambda x, y: int(x / y) if isinstance(x, int) and isinstance(y, int) else x / y,
+                             2, 1)(a, b)
     return a / b
 
 

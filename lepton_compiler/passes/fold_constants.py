@@ -19,12 +19,13 @@ it saves little work and costs much space."""
 
 
 def fold_constants(graph: Graph, options: PassOptions) -> PassResult:
-    """f(c1, ..., cn) -> c when every input of f is a constant, or when inference knows f's
-    result without symbols (Shape(x) of a static x, Gather/Concat/Unsqueeze/Cast on that).
+    """f(c1, ..., cn) -> c, and f(x) -> c when inference knows f(x) without symbols (Shape of a static x).
 
-    The reference kernel computes the value; the constant keeps the output's name, so a folded
-    graph output stays a graph output. Values that depend on a symbolic dim (object-dtype
-    ``known``, such as Shape(x) on a dynamic batch) are left to canonicalize-reshape."""
+    Known results are shape arithmetic: Shape(x) of static dims and Gather/Concat/Unsqueeze/Cast
+    on it. For all-constant inputs the reference kernel computes the value. The constant keeps
+    the output's name, so a folded graph output stays a graph output. Values that depend on a
+    symbolic dim (object-dtype ``known``, such as Shape(x) on a dynamic batch) are left to
+    canonicalize-reshape."""
     g = graph.copy()
     kept = []
     for node in g.nodes:

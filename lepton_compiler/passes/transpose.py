@@ -24,8 +24,9 @@ def cancel_transposes(graph: Graph, options: PassOptions) -> PassResult:
 
     Also Transpose(x, identity) -> x, and Transpose(Act(Transpose(x, p1)), p2) ->
     Transpose(Act(x), p1.p2) for activations Act (Relu, Sigmoid, ...; several in a row too),
-    so that the two transposes meet. A Transpose whose result is a graph output stays (it may
-    read x directly afterwards); so does any value read by a graph output or by other nodes."""
+    so that the two transposes meet. A Transpose whose result is a graph output stays (though it
+    may then read x directly); an activation whose result is a graph output or has other readers
+    keeps its place."""
     g = graph.copy()
     modified = False
     while _rewrite_once(g):
