@@ -193,8 +193,11 @@ def test_print_ir_after_all(work):
     for chunk in chunks:
         assert "graph " in chunk
         assert "input  %input: float32[N, 1, 28, 28]" in chunk
-        assert "Conv" in chunk and "Softmax" in chunk
         assert "output %probabilities: float32[N, 10]" in chunk
+    assert "= Softmax[axis=1](" in chunks[0]  # before fusion
+    final_ops = re.findall(r"= ([\w.]+)\[", chunks[-1]) + re.findall(r"= ([\w.]+)\(", chunks[-1])
+    assert sorted(final_ops) == sorted(["lepton.FusedConv"] * 3 + ["Flatten"] + ["lepton.FusedGemm"] * 2)
+    assert "6 kernels" not in proc.stderr and "5 kernels" in proc.stderr  # the summary goes to stderr with --emit
 
 
 # -- demo and bench ------------------------------------------------------------------------------

@@ -263,8 +263,10 @@ def test_to_onnx_round_trip_checks_and_agrees_with_the_original(opt_level, rng):
     assert [i.name for i in exported.graph.input] == ["X"]
     assert exported.opset_import[0].version == 17
     exported_ops = [n.op_type for n in exported.graph.node]
-    assert exported_ops == ops_of(graph)
-    assert "Flatten" in exported_ops and "Unsqueeze" in exported_ops
+    assert all(n.domain in ("", "ai.onnx") for n in exported.graph.node)  # fused ops are expanded
+    if not any(op.startswith("Fused") for op in ops_of(graph)):
+        assert exported_ops == ops_of(graph)
+    assert "Flatten" in exported_ops
     for batch in (1, 5):
         feed = {"X": f32(rng, batch, 3, 7, 6)}
         for got, want in zip(ort_run(exported, feed), ort_run(model, feed)):

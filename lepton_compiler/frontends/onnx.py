@@ -20,6 +20,7 @@ from onnx import helper, numpy_helper
 from ..errors import LeptonError, ModelFormatError, UnsupportedOpError
 from ..ir import Graph, Node, TensorType, Value
 from ..ops import infer_node
+from .expand import EXPANSIONS
 
 EXPORT_OPSET = 17
 MIN_OPSET = 7
@@ -396,11 +397,26 @@ def _value_info(value: Value) -> onnx.ValueInfoProto:
 
 
 def export_model(graph: Graph) -> onnx.ModelProto:
-    """The IR graph as a standard ONNX model (opset 17)."""
+    """The IR graph as a standard ONNX model (opset 17); fused ops are expanded into standard ones."""
     used = {v for n in graph.nodes for v in n.inputs if v is not None} | set(graph.outputs)
     initializers = [numpy_helper.from_array(np.asarray(v.const), v.name) for v in graph.constants if v in used]
+    taken = {v.name for v in graph.values()} | {n.name for n in graph.nodes}
+
+    def fresh(base: str) -> str:
+        name, i = base, 0
+        while name in taken:
+            i += 1
+            name = f"{base}_{i}"
+        taken.add(name)
+        return name
+
     nodes = []
     for node in graph.nodes:
+        if node.op in EXPANSIONS:
+            expanded, extra = EXPANSIONS[node.op](node, fresh)
+            nodes += expanded
+            initializers += extra
+            continue
         nodes.append(helper.make_node(node.op, ["" if v is None else v.name for v in node.inputs],
                                       [v.name for v in node.outputs], name=node.name, domain=node.domain or None,
                                       **node.attrs))

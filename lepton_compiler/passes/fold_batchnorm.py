@@ -34,7 +34,7 @@ def fold_batchnorm_node(g: Graph, node: Node, users: Users) -> bool:
 
 
 def fold_batchnorm(graph: Graph, options: PassOptions) -> PassResult:
-    """BatchNormalization(Conv(x, W, b)) -> Conv(x, W', b') with W' = W * a, b' = b * a + B - mean * a; likewise after Gemm."""
+    """BatchNormalization(Conv(x, W, b)) -> Conv(x, W * a, (b - mean) * a + B), a = scale / sqrt(var + eps); or Gemm."""
     return run_rules(graph, fold_batchnorm_node)
 
 

@@ -16,6 +16,7 @@ folded only when this node is their sole reader; new constants are made, none mu
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 import numpy as np
@@ -47,8 +48,9 @@ def per_channel(array: Optional[np.ndarray], out: Value) -> Optional[np.ndarray]
 
 
 def folded_name(name: str) -> str:
-    """``w`` -> ``w_folded``; folding again gives ``w_folded_1`` (not ``w_folded_folded``)."""
-    return name if name.rsplit("_", 1)[-1] == "folded" else f"{name}_folded"
+    """``w`` -> ``w_folded``; ``w_folded`` and ``w_folded_1`` stay ``w_folded`` (which
+    ``add_constant`` makes unique as ``w_folded_1``, ``w_folded_2``, ...)."""
+    return re.sub(r"_folded(_\d+)?$", "", name) + "_folded"
 
 
 def folded_linear(g: Graph, node: Node, users: Users, scale: Optional[np.ndarray],
@@ -128,7 +130,7 @@ def fold_channel_affine_node(g: Graph, node: Node, users: Users) -> bool:
 
 
 def fold_channel_affine(graph: Graph, options: PassOptions) -> PassResult:
-    """Mul(Conv(x, W, b), s) -> Conv(x, W * s, b * s) and Add(Conv(x, W, b), t) -> Conv(x, W, b + t) for per-channel constants; likewise for Gemm."""
+    """Mul(Conv(x, W, b), s) -> Conv(x, W * s, b * s); Add(Conv(x, W, b), t) -> Conv(x, W, b + t); likewise Gemm."""
     return run_rules(graph, fold_channel_affine_node)
 
 

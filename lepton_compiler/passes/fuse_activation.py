@@ -40,7 +40,7 @@ def fuse_activation_node(g: Graph, node: Node, users: Users) -> bool:
 
 
 def fuse_activation(graph: Graph, options: PassOptions) -> PassResult:
-    """Act(Conv(x, w, b)) -> FusedConv[activation=Act](x, w, b) and Act(Gemm(a, b, c)) -> FusedGemm[activation=Act](a, b, c)."""
+    """Act(Conv(x, w, b)) -> FusedConv[activation=Act](x, w, b); likewise Act(Gemm) -> FusedGemm[activation=Act]."""
     return run_rules(graph, fuse_activation_node)
 
 

@@ -63,13 +63,12 @@ def operands_of(node: Node) -> list[Value]:
 
 def build_program(group: list[Node]) -> tuple[list[Value], list[str]]:
     """The FusedElementwise inputs and program computing ``group``'s last node."""
-    external: list[Value] = []
+    inputs: list[Value] = []
     produced = {v for n in group for v in n.outputs}
     for node in group:
         for v in operands_of(node):
-            if v not in produced and v not in external:
-                external.append(v)
-    inputs = external
+            if v not in produced and v not in inputs:
+                inputs.append(v)
     index = {v: i for i, v in enumerate(inputs)}  # value -> its operand index in the program
     program: list[str] = []
 

@@ -55,7 +55,7 @@ def fuse_pool_node(g: Graph, node: Node, users: Users) -> bool:
 
 
 def fuse_pool(graph: Graph, options: PassOptions) -> PassResult:
-    """MaxPool(Conv(x, w, b)) -> FusedConv[pool_kernel=kernel_shape, pool_strides=strides, ...](x, w, b) for 1-D and 2-D pools."""
+    """MaxPool(Conv(x, w, b)) -> FusedConv[pool_kernel=kernel_shape, pool_strides=strides, ...](x, w, b), 1-D/2-D."""
     return run_rules(graph, fuse_pool_node)
 
 

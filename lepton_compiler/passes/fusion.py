@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Optional
 from ..errors import LeptonError
 from ..ir import Graph, Node, Value
 from ..ops import REGISTRY, infer_graph
-from ..ops.fused import DOMAIN, POOL_ATTRS
+from ..ops.fused import DOMAIN
 from .base import PassResult
 from .rewrite import only_user
 

@@ -9,14 +9,35 @@ from ..errors import LeptonError
 from ..ir import Graph
 from ..ir.verifier import verify
 from .base import Pass, PassOptions
+from .canonicalize_reshape import CANONICALIZE_RESHAPE
+from .cse import CSE
 from .dead_code import DEAD_CODE
+from .fold_batchnorm import FOLD_BATCHNORM
+from .fold_channel_affine import FOLD_CHANNEL_AFFINE
+from .fold_constants import FOLD_CONSTANTS
+from .fuse_activation import FUSE_ACTIVATION
+from .fuse_elementwise import FUSE_ELEMENTWISE
+from .fuse_pool import FUSE_POOL
+from .fuse_residual import FUSE_RESIDUAL
+from .fuse_softmax import FUSE_SOFTMAX
 from .identity import REMOVE_IDENTITY
+from .matmul_add_to_gemm import MATMUL_ADD_TO_GEMM
+from .transpose import TRANSPOSE_CANCEL
+
+CLEANUP = [REMOVE_IDENTITY, FOLD_CONSTANTS, CANONICALIZE_RESHAPE, TRANSPOSE_CANCEL, CSE, DEAD_CODE]
+"""-O1: the graph the user wrote, without dead weight (what ONNX Runtime's basic level does)."""
+
+ALGEBRA = [FOLD_BATCHNORM, FOLD_CHANNEL_AFFINE, MATMUL_ADD_TO_GEMM, DEAD_CODE]
+"""-O2: fold constant arithmetic into weights (the results differ only by float rounding)."""
+
+FUSION = [FUSE_RESIDUAL, FUSE_ACTIVATION, FUSE_POOL, FUSE_SOFTMAX, FUSE_ELEMENTWISE, DEAD_CODE]
+"""-O3: one kernel per fused group, no intermediate buffers between the fused ops."""
 
 LEVELS: dict[int, list[Pass]] = {
     0: [],
-    1: [REMOVE_IDENTITY, DEAD_CODE],
-    2: [REMOVE_IDENTITY, DEAD_CODE],
-    3: [REMOVE_IDENTITY, DEAD_CODE],
+    1: CLEANUP,
+    2: CLEANUP + ALGEBRA,
+    3: CLEANUP + ALGEBRA + FUSION,
 }
 
 AfterPass = Callable[[Pass, Graph, float], None]

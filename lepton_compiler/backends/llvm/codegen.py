@@ -49,6 +49,7 @@ class KernelBuilder:
         self.batch, self.consts = self.fn.args[0], self.fn.args[1]
         self.batch.name, self.consts.name = "batch", "consts"
         self._ptrs = {}
+        self.used: set[Value] = set()  # buffers the kernel reads or writes (a repacked weight is not one)
         for value, arg in zip(buffers, self.fn.args[2:]):
             arg.name = _ident(value.name)
             self._ptrs.setdefault(value, arg)
@@ -60,6 +61,7 @@ class KernelBuilder:
 
     # -- buffers and shapes ------------------------------------------------------------------
     def ptr(self, value: Value) -> ir.Value:
+        self.used.add(value)
         return self._ptrs[value]
 
     def dim(self, d: Dim) -> ir.Value:

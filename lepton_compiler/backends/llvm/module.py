@@ -46,6 +46,7 @@ def build_module(graph: Graph, target: Target) -> tuple[ir.Module, Plan]:
     def add_constant(name, array):
         return plan.add_constant(name, array).index
 
+    used_by_kernels: set[Value] = set()
     for index, node in enumerate(plan.kernels):
         static = REGISTRY[node.op].static_inputs
         buffers: list[Value] = []
@@ -60,9 +61,14 @@ def build_module(graph: Graph, target: Target) -> tuple[ir.Module, Plan]:
         except NotLowerable as exc:
             raise UnsupportedOpError([(node.op, node.name, node.domain, graph.opset)], str(exc)) from None
         kernel.finish()
+        used_by_kernels |= kernel.used
         plan.batch_rules += [(allowed, f"node '{node.name}' ({node.op}): {why}") for allowed, why in kernel.batch_rules]
         b.call(kernel.fn, [batch, consts] + [typed(v) for v in buffers])
 
+    used = {v for v, _ in plan.copies} | used_by_kernels
+    for value, storage in plan.storage.items():
+        if storage.kind == "const" and value not in used:
+            plan.drop_constant(storage.index)  # only its repacked form is read
     memcpy = module.declare_intrinsic("llvm.memcpy", [I8.as_pointer(), I8.as_pointer(), I64])
     for value, slot in plan.copies:
         row, batched = size_in_bytes(value)

@@ -49,6 +49,11 @@ class Plan:
         return Storage("const", len(self.constants) - 1)
 
 
+    def drop_constant(self, index: int) -> None:
+        """Keep the slot (kernels index constants by position) but not the bytes."""
+        self.constants[index] = np.empty(0, self.constants[index].dtype)
+
+
 def _round(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
