@@ -19,7 +19,7 @@ def bundled_model_path() -> str:
     return os.path.join(HERE, "mnist_cnn.onnx")
 
 
-def test_images() -> tuple[np.ndarray, np.ndarray]:
+def mnist_test_images() -> tuple[np.ndarray, np.ndarray]:
     """The 1000 test images as float32 [1000, 1, 28, 28] in [0, 1], and their labels."""
     with np.load(os.path.join(HERE, "mnist_test1000.npz"), allow_pickle=False) as data:
         return data["x"].astype(np.float32) / 255.0, data["y"]
@@ -30,7 +30,7 @@ def run_demo(out: TextIO) -> dict:
     from ..bench import median_seconds, ort_session
 
     path = bundled_model_path()
-    x, labels = test_images()
+    x, labels = mnist_test_images()
     start = time.perf_counter()
     model = compile(path)
     compile_s = time.perf_counter() - start
