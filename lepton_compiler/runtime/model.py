@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
+import os
 import threading
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
@@ -10,11 +12,38 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from ..backends.llvm.compiler import LoadedCode, NativeCode
+from ..backends.llvm.module import OMP_FUNCTIONS
 from ..backends.llvm.target import check_runnable
 from ..errors import InputError
 from ..ir import Dim, eval_dim
 
 WORKSPACE_ALIGN = 64
+_omp_lock = threading.Lock()
+_omp_table = None
+
+
+def resolve_threads(threads: Optional[int]) -> int:
+    if threads is not None:
+        return int(threads)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def parallel_runtime():
+    """libgomp's functions for generated code (see backends/llvm/module.py), or None when
+    libgomp is not installed: the kernels then run on the calling thread."""
+    global _omp_table
+    with _omp_lock:
+        if _omp_table is None:
+            try:
+                lib = ctypes.CDLL(ctypes.util.find_library("gomp") or "libgomp.so.1")
+                addresses = [ctypes.cast(getattr(lib, name), ctypes.c_void_p).value for name in OMP_FUNCTIONS]
+                _omp_table = (lib, (ctypes.c_void_p * len(addresses))(*addresses))
+            except (OSError, AttributeError):
+                _omp_table = (None, None)
+        return _omp_table[1]
 
 
 @dataclass(frozen=True)
@@ -58,6 +87,8 @@ class CompiledModel:
         self.model_bytes = model_bytes
         self.options = dict(options)
         self.summary = dict(summary or {})
+        self.threads = resolve_threads(self.options.get("threads"))
+        """Threads the kernels may use (``threads=`` at compile time; None means every core)."""
         """Kernels and workspace bytes as planned at compile time (see ``api.compile_summary``)."""
         self._const_table = (ctypes.c_void_p * max(1, len(self.constants)))(
             *[c.ctypes.data for c in self.constants])
@@ -100,6 +131,17 @@ class CompiledModel:
 
     def run(self, output_names: Optional[Sequence[str]], feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """ONNX Runtime's signature: ``run(None, {"input": x})`` returns every output as a list."""
+        return self._run(output_names, feed, None)
+
+    def run_profiled(self, feed: Mapping[str, np.ndarray], repeats: int = 1) -> tuple[list[np.ndarray], list[float]]:
+        """Run ``repeats`` times with the kernels timed; returns the outputs and the mean
+        seconds per run spent in each kernel (in the order of ``summary["kernels"]``)."""
+        timings = np.zeros(max(1, len(self.summary.get("kernels", []))), np.int64)
+        for _ in range(repeats):
+            outs = self._run(None, feed, timings.ctypes.data)
+        return outs, [float(t) / repeats * 1e-9 for t in timings[: len(self.summary.get("kernels", []))]]
+
+    def _run(self, output_names, feed, timings) -> list[np.ndarray]:
         wanted = self._select_outputs(output_names)
         arrays, batch = self._check_feed(feed)
         outs = [np.empty(self._concrete(info.shape, batch), info.dtype) for info in self._outputs]
@@ -108,7 +150,8 @@ class CompiledModel:
         base = raw.ctypes.data
         base += (-base) % WORKSPACE_ALIGN
         io = (ctypes.c_void_p * (len(arrays) + len(outs)))(*[a.ctypes.data for a in arrays + outs])
-        self._entry()(batch, io, self._const_table, base)
+        omp = parallel_runtime() if self.threads > 1 else None
+        self._entry()(batch, io, self._const_table, base, self.threads, omp, timings)
         return [outs[i] for i in wanted]
 
     def __call__(self, *args: np.ndarray, **kwargs: np.ndarray):

@@ -25,7 +25,11 @@ IntLike = Union[int, ir.Value]
 
 
 class KernelBuilder:
-    """Builds one kernel function ``void name(i64 batch, i8** consts, T* noalias buf0, ...)``.
+    """Builds one kernel function ``void name(i64 batch, i8** consts, i64 part, i64 parts, T* noalias buf0, ...)``.
+
+    A kernel whose outermost loop is a ``parallel_loop`` may be run by ``parts``
+    threads at once, each doing the ``part``-th chunk; any other kernel is only
+    ever called with ``part = 0, parts = 1``.
 
     Lowerings read buffers through ``ptr(value)``, shapes through ``dims(value)``
     (the batch symbol becomes the runtime ``batch`` argument) and emit loops with
@@ -41,16 +45,23 @@ class KernelBuilder:
         self._add_constant = add_constant
         self.lanes = lanes            # floats per vector register of the target (0: no SIMD kernels)
         self.registers = registers    # vector registers of the target
-        arg_types = [I64, I8.as_pointer().as_pointer()] + [LLVM_TYPES[v.type.dtype].as_pointer() for v in buffers]
+        arg_types = [I64, I8.as_pointer().as_pointer(), I64, I64] + [LLVM_TYPES[v.type.dtype].as_pointer()
+                                                                      for v in buffers]
         self.fn = ir.Function(module, ir.FunctionType(VOID, arg_types), name)
         self.fn.linkage = "internal"
-        for arg in self.fn.args[2:]:
+        for arg in self.fn.args[4:]:
             arg.add_attribute("noalias")
-        self.batch, self.consts = self.fn.args[0], self.fn.args[1]
-        self.batch.name, self.consts.name = "batch", "consts"
+        self.batch, self.consts, self.part, self.parts = self.fn.args[:4]
+        for arg, arg_name in zip(self.fn.args[:4], ("batch", "consts", "part", "parts")):
+            arg.name = arg_name
+        self.parallel = False
+        """Whether the kernel splits its outermost loop across threads."""
+        self.work_per_iteration = 0
+        """Estimated multiply-adds of one ``parallel_loop`` iteration, to decide whether threads pay off."""
+        self.parallel_extent: Dim = 0
         self._ptrs = {}
         self.used: set[Value] = set()  # buffers the kernel reads or writes (a repacked weight is not one)
-        for value, arg in zip(buffers, self.fn.args[2:]):
+        for value, arg in zip(buffers, self.fn.args[4:]):
             arg.name = _ident(value.name)
             self._ptrs.setdefault(value, arg)
         self.entry = self.fn.append_basic_block("entry")
@@ -136,6 +147,25 @@ class KernelBuilder:
         index.add_incoming(following, b.block)
         b.branch(header)
         b.position_at_end(done)
+
+    @contextmanager
+    def parallel_loop(self, extent: Dim, work: int, name: str = "par") -> Iterator[ir.Value]:
+        """The kernel's outermost loop over ``extent`` iterations (a dim such as ``"N*2"``),
+        split into ``parts`` chunks of which this call runs one.
+
+        ``work`` estimates the multiply-adds (or element operations) of one iteration.
+        """
+        b = self.b
+        stop_v = self.dim(extent)
+        chunk = b.udiv(b.add(stop_v, b.sub(self.parts, self.i64(1))), self.parts)
+        lo = b.mul(self.part, chunk)
+        hi = b.add(lo, chunk)
+        hi = b.select(b.icmp_signed("<", hi, stop_v), hi, stop_v)
+        self.parallel = True
+        self.work_per_iteration = work
+        self.parallel_extent = extent
+        with self.loop(hi, start=lo, name=name) as i:
+            yield i
 
     @contextmanager
     def loops(self, stops: Sequence[IntLike], name: str = "i") -> Iterator[list[ir.Value]]:

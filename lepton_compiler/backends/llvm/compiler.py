@@ -50,7 +50,9 @@ def compile_ir(llvm_ir: str, target: Target) -> NativeCode:
         return NativeCode(target, str(module), tm.emit_object(module))
 
 
-EntryFn = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+EntryFn = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                           ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p)
+"""``lepton_main(batch, io, consts, workspace, threads, omp, timings)``; see module.py."""
 
 
 class LoadedCode:

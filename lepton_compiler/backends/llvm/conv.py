@@ -16,7 +16,7 @@ from typing import Optional
 
 from llvmlite import ir
 
-from ...ir import Node, Value
+from ...ir import Node, Value, shape_product
 from ...ops.fused import conv_node, conv_output_type, pool_node
 from ...ops.nn import conv_window, pool_window
 from ...ops.shapes import Window
@@ -156,7 +156,9 @@ def lower_direct_conv(k: KernelBuilder, node: Node) -> None:
     if node.op == "FusedConv" and node.attr("pool_kernel") is not None:
         emit_pooled_conv(k, node, parts, g)
         return
-    with k.loop(k.dim(parts.x.type.shape[0]), name="n") as n, k.loop(out_channels, name="oc") as oc:
+    work = g.out_h * g.out_w * parts.x.type.shape[1] // group * g.k_h * g.k_w
+    with k.parallel_loop(shape_product([parts.x.type.shape[0], out_channels]), work) as i:
+        n, oc = b.udiv(i, k.i64(out_channels)), b.urem(i, k.i64(out_channels))
         with k.loop(g.out_h, name="oh") as oh:
             row = b.gep(k.ptr(y), [k.linear([n, oc, oh, 0], [None, out_channels, g.out_h, g.out_w])])
             emit_conv_row(k, parts, g, group, n, oc, oh, row)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
-from ...ir import Node
+from ...ir import Node, shape_product
 from ...ops.fused import conv_output_type, pool_node
 from ...ops.nn import pool_window
 from .activations import VECTOR_ACTIVATIONS, activate
@@ -206,28 +206,38 @@ class SimdConv:
         k, g, blk = self.k, self.g, self.blk
         groups = -(-blk.oc_blocks // blk.blocks)
         pooled = self.node.attr("pool_kernel") is not None
-        batch = k.dim(self.parts.x.type.shape[0])
+        extent = shape_product([self.parts.x.type.shape[0], groups])
+        work = g.out_h * g.out_w * blk.group_width * self.channels * g.k_h * g.k_w
+        b = k.b
         if not pooled:
             row = k.stack_array(F32, g.out_w * blk.group_width)
-            with k.loop(batch, name="n") as n, k.loop(groups, name="grp") as grp, k.loop(g.out_h, name="oh") as oh:
-                self.emit_row(n, grp, oh, row)
-                self.store_row(n, grp, oh, row, g.out_h, g.out_w)
+            with k.parallel_loop(extent, work) as i:
+                n, grp = b.udiv(i, k.i64(groups)), b.urem(i, k.i64(groups))
+                with k.loop(g.out_h, name="oh") as oh:
+                    self.emit_row(n, grp, oh, row)
+                    self.store_row(n, grp, oh, row, g.out_h, g.out_w)
             return
         p = Geometry2D.of(self.node, self.parts.conv_shape[2:],
                           pool_window(pool_node(self.node, conv_output_type(self.node))))
         rows = [k.stack_array(F32, g.out_w * blk.group_width) for _ in range(p.k_h)]
         pooled_row = k.stack_array(F32, p.out_w * blk.group_width)
-        b = k.b
-        with k.loop(batch, name="n") as n, k.loop(groups, name="grp") as grp, k.loop(p.out_h, name="ph") as ph:
-            valid = []
-            for pkh in range(p.k_h):
-                oh = p.input_row(k, ph, pkh)
-                ok = k.in_range(oh, p.in_h)
-                valid.append(ok)
-                with b.if_then(ok):
-                    self.emit_row(n, grp, oh, rows[pkh])
-            self.emit_pool(p, rows, valid, pooled_row)
-            self.store_row(n, grp, ph, pooled_row, p.out_h, p.out_w)
+        with k.parallel_loop(extent, work) as i:
+            n, grp = b.udiv(i, k.i64(groups)), b.urem(i, k.i64(groups))
+            with k.loop(p.out_h, name="ph") as ph:
+                self.emit_pooled_row(p, rows, pooled_row, n, grp, ph)
+
+    def emit_pooled_row(self, p: Geometry2D, rows, pooled_row, n, grp, ph) -> None:
+        """The conv rows of one pooling window, then their max into one pooled row."""
+        k = self.k
+        valid = []
+        for pkh in range(p.k_h):
+            oh = p.input_row(k, ph, pkh)
+            ok = k.in_range(oh, p.in_h)
+            valid.append(ok)
+            with k.b.if_then(ok):
+                self.emit_row(n, grp, oh, rows[pkh])
+        self.emit_pool(p, rows, valid, pooled_row)
+        self.store_row(n, grp, ph, pooled_row, p.out_h, p.out_w)
 
     def emit_pool(self, p: Geometry2D, rows, valid, out) -> None:
         """``out[pw] = max`` over the window's valid rows and columns, one vector per channel block."""

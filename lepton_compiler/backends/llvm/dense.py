@@ -25,10 +25,13 @@ RowFn = Callable[[KernelBuilder, ir.Value, ir.Value], None]   # (k, row index, r
 def emit_matmul_block(k: KernelBuilder, a: ir.Value, a_row: ir.Value, a_col: ir.Value,
                       b: ir.Value, b_row: ir.Value, b_col: ir.Value, y: ir.Value,
                       m: ir.Value, kk: ir.Value, n: ir.Value, alpha: float = 1.0,
-                      init_row: Optional[RowFn] = None, finish_row: Optional[RowFn] = None) -> None:
-    """``y[i, j] = init + alpha * sum_p a[i*a_row + p*a_col] * b[p*b_row + j*b_col]`` for a row-major y."""
+                      init_row: Optional[RowFn] = None, finish_row: Optional[RowFn] = None,
+                      rows=None) -> None:
+    """``y[i, j] = init + alpha * sum_p a[i*a_row + p*a_col] * b[p*b_row + j*b_col]`` for a row-major y.
+
+    ``rows`` replaces the loop over ``i`` (a ``parallel_loop`` over the rows)."""
     bld = k.b
-    with k.loop(m, name="m") as i:
+    with (rows if rows is not None else k.loop(m, name="m")) as i:
         y_row = bld.gep(y, [bld.mul(i, n)])
         if init_row is not None:
             init_row(k, i, y_row)
@@ -85,9 +88,13 @@ def lower_gemm(k: KernelBuilder, node: Node) -> None:
         if softmax:
             emit_softmax_row(k, row, row, n, k.i64(1))
 
+    m_dim, n_dim = y.type.shape
+    k_dim = a.type.shape[0] if node.attr("transA", 0) else a.type.shape[1]
+    work = n_dim * k_dim if isinstance(n_dim, int) and isinstance(k_dim, int) else 1
     emit_matmul_block(k, k.ptr(a), a_row, a_col, b_ptr, b_row, b_col, k.ptr(y), m, kk, n,
                       alpha=float(node.attr("alpha", 1.0)), init_row=init_row,
-                      finish_row=finish_row if activation or softmax else None)
+                      finish_row=finish_row if activation or softmax else None,
+                      rows=k.parallel_loop(m_dim, work, name="m"))
 
 
 @lowering("MatMul")
