@@ -229,7 +229,9 @@ class KernelBuilder:
         return self.b.call(fn, list(args))
 
     def fma(self, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
-        return self.intrinsic("llvm.fma", a, b, c)
+        """``a * b + c``, fused where the CPU has FMA (``llvm.fmuladd``: ``llvm.fma`` would
+        become a slow libm call on CPUs without it)."""
+        return self.intrinsic("llvm.fmuladd", a, b, c)
 
     def max(self, acc: ir.Value, x: ir.Value) -> ir.Value:
         """``x > acc ? x : acc``: a running maximum (compiles to ``vmaxps``)."""

@@ -139,7 +139,11 @@ def conv_parts(node: Node) -> tuple[ConvParts, Geometry2D]:
 @lowering("Conv", "FusedConv")
 def lower_conv(k: KernelBuilder, node: Node) -> None:
     from .conv_simd import SimdConv, simd_supported
+    from .winograd import WinogradConv, winograd_pays, winograd_supported
 
+    if winograd_supported(node, k.lanes) and winograd_pays(node):
+        WinogradConv(k, node, k.lanes, k.registers).emit()
+        return
     if simd_supported(node, k.lanes):
         SimdConv(k, node, k.lanes, k.registers).emit()
         return
