@@ -26,16 +26,40 @@ def resolve_target(mcpu: Optional[str]) -> Target:
 
 def compile(model: ModelSource, target: str = "cpu", opt_level: int = 3, quantize: Optional[str] = None,
             calibration=None, providers=None, threads: Optional[int] = None, *, mcpu: Optional[str] = None,
-            verify: bool = False, after_pass: Optional[Callable] = None) -> CompiledModel:
-    """Compile an ONNX model (path, bytes or ModelProto) to native code for this CPU (or ``mcpu``)."""
-    if target != "cpu":
-        raise LeptonError(f"target {target!r} is not available in this version; use target='cpu'")
+            verify: bool = False, after_pass: Optional[Callable] = None, provider_options=None,
+            strict: bool = False, ort_optimization: Optional[str] = None):
+    """Compile an ONNX model (path, bytes or ModelProto).
+
+    ``target="cpu"``: native code for this CPU (or ``mcpu``); returns a ``CompiledModel``.
+    ``target="ort"``: the optimized graph as standard ONNX, run by ONNX Runtime with ``providers``
+    (a list as onnxruntime takes it, or ``"auto"``/None for the best installed one), ``provider_options``,
+    ``strict`` (no fallback) and ``ort_optimization`` (ORT's own graph optimizations, default
+    ``"basic"``); returns an ``OrtModel`` (see ``backends/ort.py``).
+    """
+    if target not in ("cpu", "ort"):
+        raise LeptonError(f"target {target!r} is not available in this version; use target='cpu' or 'ort'")
     if quantize is not None:
         raise LeptonError(f"quantize={quantize!r} is not available in this version; use quantize=None")
-    if providers is not None:
-        raise LeptonError("providers= applies to target='ort', which is not available in this version")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise LeptonError(f"threads must be a positive int or None, not {threads!r}")
+    if target == "ort":
+        from .backends.ort import DEFAULT_OPTIMIZATION, SessionSettings, compile_ort, provider_request
+        if mcpu is not None:
+            raise LeptonError("mcpu= applies to target='cpu'; target='ort' runs on ONNX Runtime's kernels")
+        request = provider_request(providers, provider_options, strict)
+        settings = SessionSettings(threads, ort_optimization or DEFAULT_OPTIMIZATION)
+        proto = load_onnx(model)
+        graph = optimize(proto, opt_level, verify=verify, after_pass=after_pass)
+        return compile_ort(graph, proto.SerializeToString(), request, settings,
+                           options={"target": "ort", "opt_level": opt_level, "threads": threads,
+                                    "providers": list(request.providers), "provider_options": list(request.options),
+                                    "strict": request.strict, "ort_optimization": settings.optimization})
+    for name, value in (("providers", providers), ("provider_options", provider_options),
+                        ("ort_optimization", ort_optimization)):
+        if value is not None:
+            raise LeptonError(f"{name}= applies to target='ort'")
+    if strict:
+        raise LeptonError("strict= applies to target='ort'")
     proto = load_onnx(model)
     graph = optimize(proto, opt_level, verify=verify, after_pass=after_pass)
     return compile_graph(graph, proto.SerializeToString(), mcpu=mcpu,

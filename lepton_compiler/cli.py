@@ -37,6 +37,30 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"lepton: error: {message} (see '{self.prog} --help')\n")
 
 
+def _providers(text: str):
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or comma-separated execution providers, got {text!r}")
+    return "auto" if names == ["auto"] else names
+
+
+def _ort_arguments(parser) -> None:
+    parser.add_argument("--providers", type=_providers, metavar="A,B|auto",
+                        help="--target ort: execution providers in priority order (default: auto)")
+    parser.add_argument("--strict", action="store_true",
+                        help="--target ort: a missing provider is an error, no fallback to the CPU")
+    parser.add_argument("--ort-optimization", choices=("disabled", "basic", "extended", "all"),
+                        help="--target ort: ONNX Runtime's own graph optimizations (default: basic)")
+
+
+def _ort_kwargs(args) -> dict:
+    """--providers/--strict/--ort-optimization as compile() keywords (given only where set, so that
+    target cpu refuses them)."""
+    kwargs = {"providers": args.providers, "ort_optimization": args.ort_optimization}
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    return {**kwargs, "strict": True} if args.strict else kwargs
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="lepton", description="Compile and run ONNX models natively.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
@@ -45,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model", help="ONNX file")
     c.add_argument("-o", "--output", help="artifact (or emitted file) to write")
     c.add_argument("-O", dest="opt_level", type=_opt_level, default=3, metavar="LEVEL", help="0-3 (default 3)")
-    c.add_argument("--target", default="cpu", choices=("cpu", "ort"))
+    c.add_argument("--target", default="cpu", choices=("cpu", "ort"),
+                   help="cpu: native code (default); ort: optimized ONNX run by ONNX Runtime")
+    _ort_arguments(c)
     c.add_argument("--mcpu", help="CPU to generate code for (default: this host's)")
     c.add_argument("--threads", type=int, help="threads at run time (default: all cores)")
     c.add_argument("--emit", choices=EMITS, help="write LLVM IR, assembly, an object file or the optimized ONNX")
@@ -62,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=_int_list, default=[1, 64])
     b.add_argument("--threads", type=_int_list, default=[1])
     b.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per measurement")
+    b.add_argument("--target", default="cpu", choices=("cpu", "ort"), help="what lepton runs the model with")
+    _ort_arguments(b)
 
     sub.add_parser("demo", help="compile the bundled MNIST CNN and compare it with ONNX Runtime")
     return parser
@@ -80,8 +108,19 @@ def cmd_compile(args) -> int:
         graph = api.optimize(args.model, args.opt_level, verify=args.verify, after_pass=after_pass)
         _write(args.output, graph.to_onnx().SerializeToString(), binary=True, what="--emit onnx")
         return 0
+    if args.target == "ort" and args.emit:
+        raise LeptonError(f"--emit {args.emit} applies to --target cpu (--emit onnx writes the optimized ONNX)")
     model = api.compile(args.model, target=args.target, opt_level=args.opt_level, threads=args.threads,
-                        mcpu=args.mcpu, verify=args.verify, after_pass=after_pass)
+                        mcpu=args.mcpu, verify=args.verify, after_pass=after_pass, **_ort_kwargs(args))
+    if args.target == "ort":
+        if not args.output:
+            raise LeptonError("compile needs -o OUT.lepton (or --emit)")
+        model.save(args.output)
+        print(f"wrote {args.output} ({os.path.getsize(args.output):,} bytes) for onnxruntime on "
+              f"{', '.join(model.providers)}")
+        print(f"{len(model.summary['nodes'])} lepton nodes, {model.summary['onnx_nodes']} in the exported ONNX; "
+              f"ONNX Runtime graph optimization: {model.settings.optimization}")
+        return 0
     if args.emit == "llvm":
         _write(args.output, model.llvm_ir, binary=False, what="--emit llvm")
     elif args.emit == "asm":
@@ -125,7 +164,7 @@ def _load_inputs(specs: Sequence[str]) -> dict[str, np.ndarray]:
             raise InputError(f"--input takes NAME=FILE.npy, got {spec!r}")
         try:
             feed[name] = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError) as exc:
             raise InputError(f"cannot read input '{name}' from '{path}': {exc}") from None
         if not isinstance(feed[name], np.ndarray):
             raise InputError(f"'{path}' holds several arrays; give one .npy file per input")
@@ -160,8 +199,9 @@ def cmd_bench(args) -> int:
 
     path = args.model or bundled_model_path()
     model_bytes = load_onnx(path).SerializeToString()
-    rows = compare(model_bytes, lambda t: api.compile(model_bytes, threads=t), args.batch, args.threads,
-                   args.min_time)
+    rows = compare(model_bytes, lambda t: api.compile(model_bytes, target=args.target, threads=t,
+                                                      **_ort_kwargs(args)),
+                   args.batch, args.threads, args.min_time)
     print(f"model: {path}")
     print(format_table(rows))
     print("ORT/lepton > 1 means lepton is faster; medians of 7 rounds, same process, same inputs.")

@@ -2,5 +2,6 @@
 
 from .artifact import load
 from .model import CompiledModel, TensorInfo
+from .ort_model import OrtModel
 
-__all__ = ["CompiledModel", "TensorInfo", "load"]
+__all__ = ["CompiledModel", "OrtModel", "TensorInfo", "load"]

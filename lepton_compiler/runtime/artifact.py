@@ -3,6 +3,11 @@
 Nothing is pickled. The manifest records the format version, the sha256 of the
 ONNX model and of every payload file, the target (triple, CPU, features) and
 the input/output signature; ``load`` checks all of it before any code runs.
+
+The manifest's ``backend`` says what runs the model: ``"cpu"`` (native code;
+manifests written before the field existed are cpu) or ``"ort"`` (the optimized
+ONNX in ``optimized.onnx``, run by ONNX Runtime with the provider request in
+``ort``, resolved again on load).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ FORMAT = "lepton-artifact"
 VERSION = 1
 MANIFEST = "manifest.json"
 OBJECT, WEIGHTS, MODEL, LLVM_IR = "native.o", "weights.bin", "model.onnx", "model.ll"
+OPTIMIZED_ONNX = "optimized.onnx"
 ALIGN = 64
 
 
@@ -45,7 +51,16 @@ def _pack_weights(arrays) -> tuple[bytes, list[dict]]:
     return blob.getvalue(), table
 
 
-def save(model: CompiledModel, path) -> None:
+def save(model, path) -> None:
+    """Write ``model`` (a CompiledModel or an OrtModel) atomically to ``path``."""
+    backend = getattr(model, "backend", "cpu")
+    if backend not in BACKENDS:
+        raise LeptonError(f"cannot save a model of backend {backend!r}")
+    manifest, payload = BACKENDS[backend][0](model)
+    _write(manifest, payload, path)
+
+
+def _cpu_contents(model: CompiledModel) -> tuple[dict, dict[str, bytes]]:
     weights, table = _pack_weights(model.constants)
     for entry, name in zip(table, model.constant_names):
         entry["name"] = name
@@ -54,6 +69,7 @@ def save(model: CompiledModel, path) -> None:
     manifest = {
         "format": FORMAT,
         "version": VERSION,
+        "backend": "cpu",
         "lepton_version": __version__,
         "model_sha256": _sha256(model.model_bytes),
         "target": model.target.to_json(),
@@ -66,6 +82,32 @@ def save(model: CompiledModel, path) -> None:
         "summary": model.summary,
         "payload": {name: _sha256(data) for name, data in payload.items()},
     }
+    return manifest, payload
+
+
+def _ort_contents(model) -> tuple[dict, dict[str, bytes]]:
+    import onnxruntime
+
+    payload = {OPTIMIZED_ONNX: model.onnx_bytes, MODEL: model.model_bytes}
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "backend": "ort",
+        "lepton_version": __version__,
+        "model_sha256": _sha256(model.model_bytes),
+        "ort": {"request": model.request.to_json(), "settings": model.settings.to_json(),
+                "built_with": {"onnxruntime": onnxruntime.__version__, "providers": model.providers}},
+        "inputs": [i.to_json() for i in model.inputs],
+        "outputs": [o.to_json() for o in model.outputs],
+        "batch_symbol": model.batch_symbol,
+        "options": model.options,
+        "summary": model.summary,
+        "payload": {name: _sha256(data) for name, data in payload.items()},
+    }
+    return manifest, payload
+
+
+def _write(manifest: dict, payload: dict[str, bytes], path) -> None:
     manifest["manifest_sha256"] = manifest_digest(manifest)
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -113,7 +155,7 @@ def _read(path) -> tuple[dict, dict[str, bytes]]:
     return manifest, files
 
 
-def load(path) -> CompiledModel:
+def load(path):
     """Load a saved artifact, refusing a damaged one or one this host cannot run."""
     manifest, files = _read(path)
     where = os.fspath(path)
@@ -122,6 +164,10 @@ def load(path) -> CompiledModel:
                             f"this lepton reads version {VERSION}: recompile the model")
     if manifest.get("manifest_sha256") != manifest_digest(manifest):
         raise ArtifactError(f"'{where}' is damaged: the manifest checksum does not match")
+    backend = manifest.get("backend", "cpu")
+    if backend not in BACKENDS:
+        raise ArtifactError(f"'{where}' is for backend {backend!r}, which this lepton does not know "
+                            f"(it knows {', '.join(BACKENDS)}): recompile the model")
     try:
         for name, digest in manifest["payload"].items():
             if name not in files:
@@ -130,24 +176,47 @@ def load(path) -> CompiledModel:
                 raise ArtifactError(f"'{where}' is damaged: the checksum of {name} does not match its manifest")
         if _sha256(files[MODEL]) != manifest["model_sha256"]:
             raise ArtifactError(f"'{where}' is damaged: the model checksum does not match")
-        target = Target.from_json(manifest["target"])
-        check_runnable(target)
-        constants = _unpack_weights(files[WEIGHTS], manifest["constants"], where)
-        inputs = [TensorInfo.from_json(d) for d in manifest["inputs"]]
-        outputs = [TensorInfo.from_json(d) for d in manifest["outputs"]]
-        per_batch, fixed = (int(x) for x in manifest["workspace"])
-        if per_batch < 0 or fixed < 0:
-            raise ArtifactError(f"'{where}' is damaged: negative workspace size")
-        return CompiledModel(
-            inputs=inputs, outputs=outputs,
-            native=NativeCode(target, files[LLVM_IR].decode(), files[OBJECT]),
-            constants=constants, constant_names=[c["name"] for c in manifest["constants"]],
-            workspace=(per_batch, fixed), batch_symbol=manifest["batch_symbol"],
-            model_bytes=files[MODEL], options=manifest.get("options", {}), summary=manifest.get("summary", {}))
+        return BACKENDS[backend][1](manifest, files, where)
     except LeptonError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ArtifactError(f"the manifest of '{where}' is malformed: {exc!r}") from None
+
+
+def _load_cpu(manifest: dict, files: dict[str, bytes], where: str) -> CompiledModel:
+    target = Target.from_json(manifest["target"])
+    check_runnable(target)
+    constants = _unpack_weights(files[WEIGHTS], manifest["constants"], where)
+    inputs = [TensorInfo.from_json(d) for d in manifest["inputs"]]
+    outputs = [TensorInfo.from_json(d) for d in manifest["outputs"]]
+    per_batch, fixed = (int(x) for x in manifest["workspace"])
+    if per_batch < 0 or fixed < 0:
+        raise ArtifactError(f"'{where}' is damaged: negative workspace size")
+    return CompiledModel(
+        inputs=inputs, outputs=outputs,
+        native=NativeCode(target, files[LLVM_IR].decode(), files[OBJECT]),
+        constants=constants, constant_names=[c["name"] for c in manifest["constants"]],
+        workspace=(per_batch, fixed), batch_symbol=manifest["batch_symbol"],
+        model_bytes=files[MODEL], options=manifest.get("options", {}), summary=manifest.get("summary", {}))
+
+
+def _load_ort(manifest: dict, files: dict[str, bytes], where: str):
+    from ..backends.ort import ProviderRequest, SessionSettings
+    from .ort_model import OrtModel
+
+    if OPTIMIZED_ONNX not in manifest["payload"]:
+        raise ArtifactError(f"'{where}' is missing {OPTIMIZED_ONNX}")
+    ort = manifest["ort"]
+    return OrtModel(
+        inputs=[TensorInfo.from_json(d) for d in manifest["inputs"]],
+        outputs=[TensorInfo.from_json(d) for d in manifest["outputs"]],
+        batch_symbol=manifest["batch_symbol"], onnx_bytes=files[OPTIMIZED_ONNX], model_bytes=files[MODEL],
+        request=ProviderRequest.from_json(ort["request"]), settings=SessionSettings.from_json(ort["settings"]),
+        options=manifest.get("options", {}), summary=manifest.get("summary", {}))
+
+
+BACKENDS = {"cpu": (_cpu_contents, _load_cpu), "ort": (_ort_contents, _load_ort)}
+"""backend name -> (what to save: manifest and payload, how to load)."""
 
 
 def _unpack_weights(blob: bytes, table: list, where: str) -> list[np.ndarray]:

@@ -16,6 +16,7 @@ from ..backends.llvm.module import OMP_FUNCTIONS
 from ..backends.llvm.target import check_runnable
 from ..errors import InputError
 from ..ir import Dim, eval_dim
+from .signature import ModelSignature
 
 WORKSPACE_ALIGN = 64
 _omp_lock = threading.Lock()
@@ -66,12 +67,10 @@ class TensorInfo:
         return f"{self.name}: {self.dtype}[{', '.join(map(str, self.shape))}]"
 
 
-def _shape_str(shape) -> str:
-    return "[" + ", ".join(map(str, shape)) + "]"
-
-
-class CompiledModel:
+class CompiledModel(ModelSignature):
     """A model compiled to native code. Safe to ``run`` from several threads at once."""
+
+    backend = "cpu"
 
     def __init__(self, *, inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo], native: NativeCode,
                  constants: Sequence[np.ndarray], constant_names: Sequence[str], workspace: tuple[int, int],
@@ -93,17 +92,10 @@ class CompiledModel:
         self._const_table = (ctypes.c_void_p * max(1, len(self.constants)))(
             *[c.ctypes.data for c in self.constants])
         self._loaded: Optional[LoadedCode] = None
+        self._scratch = threading.local()
         self._load_lock = threading.Lock()
 
-    # -- description ---------------------------------------------------------------------------
-    @property
-    def inputs(self) -> list[TensorInfo]:
-        return list(self._inputs)
-
-    @property
-    def outputs(self) -> list[TensorInfo]:
-        return list(self._outputs)
-
+    # -- description (inputs, outputs: see ModelSignature) ---------------------------------------
     @property
     def target(self):
         return self.native.target
@@ -145,79 +137,30 @@ class CompiledModel:
         wanted = self._select_outputs(output_names)
         arrays, batch = self._check_feed(feed)
         outs = [np.empty(self._concrete(info.shape, batch), info.dtype) for info in self._outputs]
-        per_batch, fixed = self.workspace
-        raw = np.empty(per_batch * batch + fixed + WORKSPACE_ALIGN, np.uint8)
-        base = raw.ctypes.data
-        base += (-base) % WORKSPACE_ALIGN
         io = (ctypes.c_void_p * (len(arrays) + len(outs)))(*[a.ctypes.data for a in arrays + outs])
+        base = self._workspace_for(batch)
         omp = parallel_runtime() if self.threads > 1 else None
         self._entry()(batch, io, self._const_table, base, self.threads, omp, timings)
         return [outs[i] for i in wanted]
 
-    def __call__(self, *args: np.ndarray, **kwargs: np.ndarray):
-        """``model(x)`` or ``model(input=x)``: one output as an array, several as a list."""
-        if len(args) > len(self._inputs):
-            raise InputError(f"the model takes {len(self._inputs)} inputs, got {len(args)}")
-        feed = {info.name: a for info, a in zip(self._inputs, args)}
-        for name, value in kwargs.items():
-            if name in feed:
-                raise InputError(f"input '{name}' is given twice")
-            feed[name] = value
-        outs = self.run(None, feed)
-        return outs[0] if len(outs) == 1 else outs
+    def _workspace_for(self, batch: int) -> int:
+        """An aligned workspace address, kept per thread for the last batch size it ran
+        (concurrent calls never share one; a new array per call would cost more than the
+        smallest models take to run)."""
+        cached = getattr(self._scratch, "workspace", None)
+        if cached is None or cached[0] != batch:
+            per_batch, fixed = self.workspace
+            raw = np.empty(per_batch * batch + fixed + WORKSPACE_ALIGN, np.uint8)
+            base = raw.ctypes.data
+            cached = self._scratch.workspace = (batch, raw, base + (-base) % WORKSPACE_ALIGN)
+        return cached[2]
 
-    def _select_outputs(self, names: Optional[Sequence[str]]) -> list[int]:
-        if names is None:
-            return list(range(len(self._outputs)))
-        if isinstance(names, str):
-            raise InputError("output_names must be a list of names or None")
-        index = {info.name: i for i, info in enumerate(self._outputs)}
-        unknown = [n for n in names if n not in index]
-        if unknown:
-            raise InputError(f"unknown output '{unknown[0]}'; the model's outputs are: "
-                             + ", ".join(info.name for info in self._outputs))
-        return [index[n] for n in names]
-
-    def _check_feed(self, feed: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], int]:
-        """Validate every input before native code sees it; return contiguous arrays and the batch."""
-        if not isinstance(feed, Mapping):
-            raise InputError(f"feed must be a dict of input name -> numpy array, got {type(feed).__name__}")
-        names = [info.name for info in self._inputs]
-        extra = [k for k in feed if k not in names]
-        if extra:
-            raise InputError(f"unknown input '{extra[0]}'; the model's inputs are: {', '.join(names)}")
-        missing = [n for n in names if n not in feed]
-        if missing:
-            raise InputError(f"missing input '{missing[0]}'; the model's inputs are: {', '.join(names)}")
-        batch: Optional[int] = None
-        arrays = []
-        for info in self._inputs:
-            array = feed[info.name]
-            if not isinstance(array, np.ndarray):
-                raise InputError(f"input '{info.name}' must be a numpy array, got {type(array).__name__}")
-            if array.dtype != np.dtype(info.dtype):
-                raise InputError(f"input '{info.name}' has dtype {array.dtype}; the model expects {info.dtype}")
-            if array.ndim != len(info.shape):
-                raise InputError(f"input '{info.name}' has shape {_shape_str(array.shape)} (rank {array.ndim}); "
-                                 f"the model expects rank {len(info.shape)}: {_shape_str(info.shape)}")
-            for axis, (want, got) in enumerate(zip(info.shape, array.shape)):
-                if isinstance(want, str):
-                    if got < 1:
-                        raise InputError(f"input '{info.name}' has {want}={got} in dim {axis}; it must be at least 1")
-                    if batch is not None and got != batch:
-                        raise InputError(f"input '{info.name}' has {want}={got} in dim {axis}, but another "
-                                         f"input has {want}={batch}")
-                    batch = got
-                elif want != got:
-                    raise InputError(f"input '{info.name}' has shape {_shape_str(array.shape)}; dim {axis} must be "
-                                     f"{want} (the model expects {_shape_str(info.shape)})")
-            arrays.append(np.require(array, requirements="CA"))
-        batch = batch if batch is not None else 1
+    def _check_batch(self, batch: int) -> None:
+        """The batch sizes the generated kernels allow (``_check_feed`` of ModelSignature does the rest)."""
         for allowed, reason in self.summary.get("batch_rules", []):
             if batch not in allowed:
                 raise InputError(f"{self.batch_symbol}={batch} is not valid for this model: {reason} "
                                  f"({self.batch_symbol} must be one of {', '.join(map(str, allowed))})")
-        return arrays, batch
 
     def _concrete(self, shape, batch: int) -> tuple[int, ...]:
         return tuple(eval_dim(d, {self.batch_symbol: batch}) for d in shape)

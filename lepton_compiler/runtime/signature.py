@@ -1,0 +1,103 @@
+"""The run contract every runtime model shares: its signature, ``__call__`` and input validation.
+
+``CompiledModel`` (native code) and ``OrtModel`` (an ONNX Runtime session) both
+inherit ``ModelSignature``, so a feed is checked the same way, with the same
+messages, whichever backend runs it.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+
+
+def _shape_str(shape) -> str:
+    return "[" + ", ".join(map(str, shape)) + "]"
+
+
+class ModelSignature:
+    """Mixin: subclasses set ``_inputs`` and ``_outputs`` (tuples of ``TensorInfo``), ``batch_symbol``,
+    and define ``run(output_names, feed)``; they may add checks on the batch size in ``_check_batch``."""
+
+    _inputs: tuple
+    _outputs: tuple
+    batch_symbol: Optional[str] = None
+
+    @property
+    def inputs(self) -> list:
+        return list(self._inputs)
+
+    @property
+    def outputs(self) -> list:
+        return list(self._outputs)
+
+    def run(self, output_names: Optional[Sequence[str]], feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def __call__(self, *args: np.ndarray, **kwargs: np.ndarray):
+        """``model(x)`` or ``model(input=x)``: one output as an array, several as a list."""
+        if len(args) > len(self._inputs):
+            raise InputError(f"the model takes {len(self._inputs)} inputs, got {len(args)}")
+        feed = {info.name: a for info, a in zip(self._inputs, args)}
+        for name, value in kwargs.items():
+            if name in feed:
+                raise InputError(f"input '{name}' is given twice")
+            feed[name] = value
+        outs = self.run(None, feed)
+        return outs[0] if len(outs) == 1 else outs
+
+    def _select_outputs(self, names: Optional[Sequence[str]]) -> list[int]:
+        if names is None:
+            return list(range(len(self._outputs)))
+        if isinstance(names, str):
+            raise InputError("output_names must be a list of names or None")
+        index = {info.name: i for i, info in enumerate(self._outputs)}
+        unknown = [n for n in names if n not in index]
+        if unknown:
+            raise InputError(f"unknown output '{unknown[0]}'; the model's outputs are: "
+                             + ", ".join(info.name for info in self._outputs))
+        return [index[n] for n in names]
+
+    def _check_feed(self, feed: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], int]:
+        """Validate every input before the backend sees it; return contiguous arrays and the batch."""
+        if not isinstance(feed, Mapping):
+            raise InputError(f"feed must be a dict of input name -> numpy array, got {type(feed).__name__}")
+        names = [info.name for info in self._inputs]
+        extra = [k for k in feed if k not in names]
+        if extra:
+            raise InputError(f"unknown input '{extra[0]}'; the model's inputs are: {', '.join(names)}")
+        missing = [n for n in names if n not in feed]
+        if missing:
+            raise InputError(f"missing input '{missing[0]}'; the model's inputs are: {', '.join(names)}")
+        sizes: dict[str, int] = {}   # symbolic dim -> its size in this feed (the cpu backend allows one)
+        arrays = []
+        for info in self._inputs:
+            array = feed[info.name]
+            if not isinstance(array, np.ndarray):
+                raise InputError(f"input '{info.name}' must be a numpy array, got {type(array).__name__}")
+            if array.dtype != np.dtype(info.dtype):
+                raise InputError(f"input '{info.name}' has dtype {array.dtype}; the model expects {info.dtype}")
+            if array.ndim != len(info.shape):
+                raise InputError(f"input '{info.name}' has shape {_shape_str(array.shape)} (rank {array.ndim}); "
+                                 f"the model expects rank {len(info.shape)}: {_shape_str(info.shape)}")
+            for axis, (want, got) in enumerate(zip(info.shape, array.shape)):
+                if isinstance(want, str):
+                    if got < 1:
+                        raise InputError(f"input '{info.name}' has {want}={got} in dim {axis}; it must be at least 1")
+                    if want in sizes and got != sizes[want]:
+                        raise InputError(f"input '{info.name}' has {want}={got} in dim {axis}, but another "
+                                         f"input has {want}={sizes[want]}")
+                    sizes[want] = got
+                elif want != got:
+                    raise InputError(f"input '{info.name}' has shape {_shape_str(array.shape)}; dim {axis} must be "
+                                     f"{want} (the model expects {_shape_str(info.shape)})")
+            arrays.append(np.require(array, requirements="CA"))
+        batch = sizes.get(self.batch_symbol, next(iter(sizes.values()), 1))
+        self._check_batch(batch)
+        return arrays, batch
+
+    def _check_batch(self, batch: int) -> None:
+        """Backend-specific limits on the batch size (raise ``InputError``); none by default."""
