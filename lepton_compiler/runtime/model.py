@@ -136,12 +136,20 @@ class CompiledModel(ModelSignature):
     def _run(self, output_names, feed, timings) -> list[np.ndarray]:
         wanted = self._select_outputs(output_names)
         arrays, batch = self._check_feed(feed)
-        outs = [np.empty(self._concrete(info.shape, batch), info.dtype) for info in self._outputs]
+        outs = [np.empty(shape, dtype) for shape, dtype in self._output_layouts(batch)]
         io = (ctypes.c_void_p * (len(arrays) + len(outs)))(*[a.ctypes.data for a in arrays + outs])
         base = self._workspace_for(batch)
         omp = parallel_runtime() if self.threads > 1 else None
         self._entry()(batch, io, self._const_table, base, self.threads, omp, timings)
         return [outs[i] for i in wanted]
+
+    def _output_layouts(self, batch: int) -> list[tuple[tuple[int, ...], np.dtype]]:
+        """Output shapes and dtypes for a batch size (the last one is cached)."""
+        cached = self.__dict__.get("_last_layouts")
+        if cached is None or cached[0] != batch:
+            layouts = [(self._concrete(info.shape, batch), np.dtype(info.dtype)) for info in self._outputs]
+            cached = self._last_layouts = (batch, layouts)
+        return cached[1]
 
     def _workspace_for(self, batch: int) -> int:
         """An aligned workspace address, kept per thread for the last batch size it ran

@@ -63,6 +63,40 @@ class ModelSignature:
 
     def _check_feed(self, feed: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], int]:
         """Validate every input before the backend sees it; return contiguous arrays and the batch."""
+        fast = self._fast_feed(feed)
+        if fast is not None:
+            self._check_batch(fast[1])
+            return fast
+        return self._full_check_feed(feed)
+
+    def _fast_feed(self, feed) -> Optional[tuple[list[np.ndarray], int]]:
+        """The usual feed (a dict of contiguous arrays of the right dtypes and shapes) in a few
+        operations; None for anything else, which the full check then explains."""
+        specs = self.__dict__.get("_feed_specs")
+        if specs is None:
+            symbols = {d for info in self._inputs for d in info.shape if isinstance(d, str)}
+            specs = self._feed_specs = [] if len(symbols) > 1 else [
+                (info.name, np.dtype(info.dtype), tuple(None if isinstance(d, str) else d for d in info.shape))
+                for info in self._inputs]
+        if not specs or type(feed) is not dict or len(feed) != len(specs):
+            return None
+        arrays, batch = [], None
+        for name, dtype, pattern in specs:
+            array = feed.get(name)
+            if type(array) is not np.ndarray or array.dtype != dtype or len(array.shape) != len(pattern) \
+                    or not array.flags.c_contiguous or not array.flags.aligned:
+                return None
+            for want, got in zip(pattern, array.shape):
+                if want is None:
+                    if got < 1 or (batch is not None and got != batch):
+                        return None
+                    batch = got
+                elif want != got:
+                    return None
+            arrays.append(array)
+        return arrays, 1 if batch is None else batch
+
+    def _full_check_feed(self, feed: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], int]:
         if not isinstance(feed, Mapping):
             raise InputError(f"feed must be a dict of input name -> numpy array, got {type(feed).__name__}")
         names = [info.name for info in self._inputs]
