@@ -45,11 +45,17 @@ class Blocking:
 
 
 def choose_blocking(out_channels: int, out_w: int, lanes: int, registers: int) -> Blocking:
+    """The tile (positions x channel blocks) with the most accumulators that fit in registers:
+    FMA latency needs about 8 independent chains in flight, and each broadcast input then
+    feeds ``blocks`` of them."""
     oc_blocks = -(-out_channels // lanes)
-    blocks = 2 if oc_blocks % 2 == 0 else 1
     budget = registers - 4  # weights, a broadcast, spare
-    tile = max(1, min(out_w, budget // blocks, MAX_TILE.get(registers, 6)))
-    return Blocking(lanes, blocks, tile, oc_blocks)
+    best = None
+    for blocks in (b for b in (4, 2, 1) if oc_blocks % b == 0):
+        tile = max(1, min(out_w, budget // blocks, MAX_TILE.get(registers, 6)))
+        if best is None or tile * blocks > best.tile * best.blocks:
+            best = Blocking(lanes, blocks, tile, oc_blocks)
+    return best
 
 
 def simd_supported(node: Node, lanes: int) -> bool:

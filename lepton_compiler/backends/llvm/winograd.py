@@ -124,8 +124,11 @@ class WinogradConv:
 
     # -- V = Bᵀ d B for one row of tiles ----------------------------------------------------------
     def transform_inputs(self, n, th, v_row) -> None:
+        """Vectors over the tiles of a chunk: each input row is loaded once as a vector of the
+        columns the chunk reads, Bᵀ combines the four rows, and even/odd lane shuffles do B."""
         k, g, tw = self.k, self.g, self.grid.tiles_w
         b = k.b
+        chunk = max(1, (self.lanes - 2) // 2)
         with k.loop(self.channels, name="ic") as ic:
             rows = []
             for r in range(4):
@@ -134,34 +137,40 @@ class WinogradConv:
                 clamped = b.select(inside, ih, k.i64(0))
                 base = b.gep(k.ptr(self.parts.x), [k.linear([n, ic, clamped, 0], [None, self.channels, g.in_h, g.in_w])])
                 rows.append((inside, base))
-            for t in range(tw):
-                d = [[self._input(rows[r], 2 * t + c - g.p_left) for c in range(4)] for r in range(4)]
-                v = self._bt_d_b(d)
-                for xi in range(16):
-                    at = b.add(b.mul(k.i64(xi * self.channels), k.i64(tw)), b.add(b.mul(ic, k.i64(tw)), k.i64(t)))
-                    k.store(v[xi], v_row, at)
+            for t0 in range(0, tw, chunk):
+                width = min(chunk, tw - t0)
+                d = [self._row_vector(row, 2 * t0 - g.p_left, 2 * width + 2) for row in rows]
+                q = [b.fsub(d[0], d[2]), b.fadd(d[1], d[2]), b.fsub(d[2], d[1]), b.fsub(d[1], d[3])]
+                for r, vec in enumerate(q):
+                    even, odd = self._lanes(vec, 0, width), self._lanes(vec, 1, width)
+                    even2, odd2 = self._lanes(vec, 2, width), self._lanes(vec, 3, width)
+                    parts = [b.fsub(even, even2), b.fadd(odd, even2), b.fsub(even2, odd), b.fsub(odd, odd2)]
+                    for c, part in enumerate(parts):
+                        at = b.add(b.mul(k.i64((r * 4 + c) * self.channels), k.i64(tw)),
+                                   b.add(b.mul(ic, k.i64(tw)), k.i64(t0)))
+                        k.vstore(part, v_row, at)
 
-    def _input(self, row, col: int) -> ir.Value:
+    def _row_vector(self, row, first: int, count: int) -> ir.Value:
+        """Columns ``first .. first+count-1`` of an input row (zeros for padding and for a row
+        outside the image): one vector load when every column is inside."""
         k = self.k
+        b = k.b
         inside, base = row
-        if not 0 <= col < self.g.in_w:
-            return k.f32(0.0)
-        return k.b.select(inside, k.load(base, col), k.f32(0.0))
+        vec_type = ir.VectorType(F32, count)
+        zero = ir.Constant(vec_type, [0.0] * count)
+        if first >= 0 and first + count <= self.g.in_w:
+            vec = k.vload(base, first, count)
+        else:
+            vec = zero
+            for j in range(count):
+                if 0 <= first + j < self.g.in_w:
+                    vec = b.insert_element(vec, k.load(base, first + j), ir.Constant(ir.IntType(32), j))
+        return b.select(inside, vec, zero)
 
-    def _bt_d_b(self, d) -> list[ir.Value]:
-        b = self.k.b
-
-        def bt(col):  # Bᵀ applied to a column (d0..d3)
-            d0, d1, d2, d3 = col
-            return [b.fsub(d0, d2), b.fadd(d1, d2), b.fsub(d2, d1), b.fsub(d1, d3)]
-
-        cols = [bt([d[r][c] for r in range(4)]) for c in range(4)]   # cols[c][r'] = (Bᵀ d)[r', c]
-        out = [None] * 16
-        for r in range(4):
-            q = [cols[c][r] for c in range(4)]
-            for c, value in enumerate(bt(q)):
-                out[r * 4 + c] = value
-        return out
+    def _lanes(self, vec: ir.Value, start: int, width: int) -> ir.Value:
+        """Lanes ``start, start+2, ...`` (``width`` of them): one column of every tile in the chunk."""
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), width), [start + 2 * t for t in range(width)])
+        return self.k.b.shuffle_vector(vec, ir.Constant(vec.type, ir.Undefined), mask)
 
     # -- M[ξ] = U[ξ] · V[ξ] summed over input channels ---------------------------------------------
     def multiply(self, grp, v_row, m_row) -> None:
