@@ -1,4 +1,11 @@
-"""Side-by-side timing of lepton and ONNX Runtime on the same model, inputs and machine."""
+"""Side-by-side timing of lepton and ONNX Runtime on the same model, inputs and machine.
+
+Both run in this process on the same arrays; their timing rounds alternate, so a
+change in machine load affects both; each figure is the median of the rounds.
+GFLOP/s count two operations per multiply-add of the model's convolutions and
+dense layers; the peak is measured here by a generated kernel of independent
+vector FMAs on one core.
+"""
 
 from __future__ import annotations
 
@@ -29,13 +36,48 @@ def median_seconds(fn: Callable[[], object], min_time: float = 0.3, repeats: int
 class BenchRow:
     batch: int
     threads: int
-    lepton_us: float   # per image
-    ort_us: float      # per image
+    lepton_call_us: float
+    ort_call_us: float
+    macs_per_image: int
+    peak_gflops: float   # one core
+
+    @property
+    def lepton_us(self) -> float:
+        return self.lepton_call_us / self.batch
+
+    @property
+    def ort_us(self) -> float:
+        return self.ort_call_us / self.batch
 
     @property
     def ratio(self) -> float:
         """ONNX Runtime time / lepton time: above 1 means lepton is faster."""
-        return self.ort_us / self.lepton_us
+        return self.ort_call_us / self.lepton_call_us
+
+    def gflops(self, call_us: float) -> float:
+        return 2 * self.macs_per_image * self.batch / (call_us * 1e3)
+
+    def peak_share(self, call_us: float) -> float:
+        """Share of the measured FMA peak of the cores in use."""
+        return self.gflops(call_us) / (self.peak_gflops * self.threads) if self.peak_gflops else 0.0
+
+
+def interleaved_medians(fns: Sequence[Callable[[], object]], min_time: float, repeats: int = 9) -> list[float]:
+    """Median seconds per call of each function, their rounds alternating."""
+    per_round = []
+    for fn in fns:
+        fn()  # warm up: first-touch page faults, lazy loading
+        start = time.perf_counter()
+        fn()
+        per_round.append(max(1, int(min_time / repeats / len(fns) / max(time.perf_counter() - start, 1e-7))))
+    rounds: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, count, out in zip(fns, per_round, rounds):
+            start = time.perf_counter()
+            for _ in range(count):
+                fn()
+            out.append((time.perf_counter() - start) / count)
+    return [float(np.median(r)) for r in rounds]
 
 
 def ort_session(model_bytes: bytes, threads: int):
@@ -55,8 +97,98 @@ def random_feed(model, batch: int, rng: np.random.Generator) -> dict[str, np.nda
     return feed
 
 
+def macs_per_image(graph) -> int:
+    """Multiply-adds of the convolutions and dense layers for one batch item."""
+    from .ir import eval_dim
+    from .ops.fused import conv_output_type
+
+    def size(shape) -> list[int]:
+        symbols = {d for d in shape if isinstance(d, str)}
+        return [eval_dim(d, {s: 1 for part in symbols for s in part.split("*") if not s.isdigit()})
+                for d in shape]
+
+    total = 0
+    for node in graph.nodes:
+        if node.op in ("Conv", "FusedConv"):
+            out = size(conv_output_type(node).shape if node.op == "FusedConv" else node.outputs[0].type.shape)
+            w = node.inputs[1].type.shape
+            total += int(np.prod(out, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
+        elif node.op in ("Gemm", "FusedGemm", "MatMul"):
+            out = size(node.outputs[0].type.shape)
+            a = node.inputs[0].type.shape
+            inner = a[0] if node.attr("transA", 0) else a[-1]
+            total += int(np.prod(out, dtype=np.int64)) * int(inner)
+    return total
+
+
+def fma_peak_gflops(seconds: float = 0.2) -> float:
+    """This core's float32 FMA throughput, measured with a generated kernel of independent
+    vector FMAs as wide as the host's registers."""
+    import ctypes
+
+    import llvmlite.binding as llvm
+    from llvmlite import ir
+
+    from .backends.llvm.compiler import LoadedCode, compile_ir
+    from .backends.llvm.target import host_target
+
+    target = host_target()
+    lanes = max(1, target.vector_bits() // 32)
+    chains = 16 if target.vector_registers() >= 32 else 10
+    vec = ir.VectorType(ir.FloatType(), lanes)
+    module = ir.Module("peak")
+    module.triple = target.triple
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ir.IntType(64), vec.as_pointer()]), "lepton_main")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    fma = ir.Function(module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{lanes}f32")
+    seed = b.load(fn.args[1])
+    loop, done = fn.append_basic_block("loop"), fn.append_basic_block("done")
+    entry = b.block
+    b.branch(loop)
+    b.position_at_end(loop)
+    i = b.phi(ir.IntType(64))
+    i.add_incoming(ir.Constant(ir.IntType(64), 0), entry)
+    accs = []
+    for _ in range(chains):
+        phi = b.phi(vec)
+        phi.add_incoming(seed, entry)
+        accs.append(phi)
+    new = [b.call(fma, [acc, seed, seed]) for acc in accs]
+    for phi, value in zip(accs, new):
+        phi.add_incoming(value, loop)
+    following = b.add(i, ir.Constant(ir.IntType(64), 1))
+    i.add_incoming(following, loop)
+    b.cbranch(b.icmp_signed("<", following, fn.args[0]), loop, done)
+    b.position_at_end(done)
+    total = new[0]
+    for value in new[1:]:
+        total = b.fadd(total, value)
+    b.store(total, fn.args[1])
+    b.ret_void()
+    code = LoadedCode(compile_ir(str(module), target).obj, target)
+    run = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)(
+        ctypes.cast(code.entry, ctypes.c_void_p).value)
+    buffer = np.full(lanes, 0.5, np.float32)
+    iterations = 1_000_000
+    run(1000, buffer.ctypes.data)
+    start = time.perf_counter()
+    run(iterations, buffer.ctypes.data)
+    elapsed = time.perf_counter() - start
+    iterations = max(iterations, int(iterations * seconds / max(elapsed, 1e-9)))
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        run(iterations, buffer.ctypes.data)
+        best = min(best, time.perf_counter() - start)
+    return 2 * lanes * chains * iterations / best / 1e9
+
+
 def compare(model_bytes: bytes, compiled_for_threads: Callable[[int], object], batches: Sequence[int],
-            threads: Sequence[int], min_time: float = 0.3) -> list[BenchRow]:
+            threads: Sequence[int], min_time: float = 0.5, peak: float = 0.0) -> list[BenchRow]:
+    from .frontends.onnx import import_model
+    from .passes import optimize_graph
+
+    macs = macs_per_image(optimize_graph(import_model(model_bytes), 0))
     rng = np.random.default_rng(0)
     rows = []
     for t in threads:
@@ -64,15 +196,18 @@ def compare(model_bytes: bytes, compiled_for_threads: Callable[[int], object], b
         session = ort_session(model_bytes, t)
         for batch in batches:
             feed = random_feed(model, batch, rng)
-            lepton = median_seconds(lambda: model.run(None, feed), min_time)
-            ort = median_seconds(lambda: session.run(None, feed), min_time)
-            rows.append(BenchRow(batch, t, lepton / batch * 1e6, ort / batch * 1e6))
+            ours, theirs = interleaved_medians([lambda: model.run(None, feed), lambda: session.run(None, feed)],
+                                               min_time)
+            rows.append(BenchRow(batch, t, ours * 1e6, theirs * 1e6, macs, peak))
     return rows
 
 
 def format_table(rows: Sequence[BenchRow]) -> str:
-    lines = ["| batch | threads | lepton µs/image | ONNX Runtime µs/image | ORT/lepton |",
-             "|------:|--------:|----------------:|----------------------:|-----------:|"]
+    lines = ["| batch | threads | lepton µs/call | lepton µs/image | lepton GFLOP/s | lepton % peak "
+             "| ORT µs/call | ORT µs/image | ORT GFLOP/s | ORT/lepton |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r.batch} | {r.threads} | {r.lepton_us:.1f} | {r.ort_us:.1f} | {r.ratio:.2f}x |")
+        lines.append(f"| {r.batch} | {r.threads} | {r.lepton_call_us:.1f} | {r.lepton_us:.1f} "
+                     f"| {r.gflops(r.lepton_call_us):.0f} | {100 * r.peak_share(r.lepton_call_us):.0f}% "
+                     f"| {r.ort_call_us:.1f} | {r.ort_us:.1f} | {r.gflops(r.ort_call_us):.0f} | {r.ratio:.2f}x |")
     return "\n".join(lines)

@@ -193,18 +193,22 @@ def cmd_run(args) -> int:
 
 def cmd_bench(args) -> int:
     from . import api
-    from .bench import compare, format_table
+    from .backends.llvm.target import host_target
+    from .bench import compare, fma_peak_gflops, format_table
     from .demo import bundled_model_path
     from .frontends.onnx import load_onnx
 
     path = args.model or bundled_model_path()
     model_bytes = load_onnx(path).SerializeToString()
+    peak = fma_peak_gflops()
     rows = compare(model_bytes, lambda t: api.compile(model_bytes, target=args.target, threads=t,
                                                       **_ort_kwargs(args)),
-                   args.batch, args.threads, args.min_time)
-    print(f"model: {path}")
+                   args.batch, args.threads, args.min_time, peak)
+    print(f"model: {path} ({rows[0].macs_per_image:,} multiply-adds per image)")
+    print(f"cpu: {host_target().cpu}, measured FMA peak {peak:.0f} GFLOP/s per core")
     print(format_table(rows))
-    print("ORT/lepton > 1 means lepton is faster; medians of 7 rounds, same process, same inputs.")
+    print("ORT/lepton > 1 means lepton is faster; medians of 9 interleaved rounds, same process, same inputs;"
+          " % peak is of the cores in use.")
     return 0
 
 
