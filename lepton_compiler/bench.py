@@ -141,7 +141,7 @@ def fma_peak_gflops(seconds: float = 0.2) -> float:
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ir.IntType(64), vec.as_pointer()]), "lepton_main")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     fma = ir.Function(module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{lanes}f32")
-    seed = b.load(fn.args[1])
+    seed = b.load(fn.args[1], align=4)
     loop, done = fn.append_basic_block("loop"), fn.append_basic_block("done")
     entry = b.block
     b.branch(loop)
@@ -163,11 +163,10 @@ def fma_peak_gflops(seconds: float = 0.2) -> float:
     total = new[0]
     for value in new[1:]:
         total = b.fadd(total, value)
-    b.store(total, fn.args[1])
+    b.store(total, fn.args[1], align=4)
     b.ret_void()
     code = LoadedCode(compile_ir(str(module), target).obj, target)
-    run = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)(
-        ctypes.cast(code.entry, ctypes.c_void_p).value)
+    run = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)(code.address)
     buffer = np.full(lanes, 0.5, np.float32)
     iterations = 1_000_000
     run(1000, buffer.ctypes.data)

@@ -22,6 +22,7 @@ class NativeCode:
     target: Target
     llvm_ir: str      # optimized
     obj: bytes
+    entry: str = ENTRY  # the entry point's symbol
 
     def assembly(self) -> str:
         with _lock:
@@ -29,8 +30,8 @@ class NativeCode:
             return target_machine(self.target).emit_assembly(module)
 
 
-def compile_ir(llvm_ir: str, target: Target) -> NativeCode:
-    """Verify, optimize at O3 for ``target`` and emit object code."""
+def compile_ir(llvm_ir: str, target: Target, entry: str = ENTRY) -> NativeCode:
+    """Verify, optimize at O3 for ``target`` and emit object code; ``entry`` is the entry point's name."""
     initialize()
     with _lock:
         try:
@@ -38,6 +39,8 @@ def compile_ir(llvm_ir: str, target: Target) -> NativeCode:
             module.verify()
         except RuntimeError as exc:  # a lowering bug, not a user error; say so plainly
             raise LeptonError(f"internal error: generated LLVM IR is invalid: {exc}") from None
+        if entry not in {f.name for f in module.functions if not f.is_declaration}:
+            raise LeptonError(f"internal error: the module defines no entry point '{entry}'")
         module.triple = target.triple
         tm = target_machine(target)
         module.data_layout = str(tm.target_data)
@@ -47,7 +50,7 @@ def compile_ir(llvm_ir: str, target: Target) -> NativeCode:
         options.loop_unrolling = True
         builder = llvm.create_pass_builder(tm, options)
         builder.getModulePassManager().run(module, builder)
-        return NativeCode(target, str(module), tm.emit_object(module))
+        return NativeCode(target, str(module), tm.emit_object(module), entry)
 
 
 EntryFn = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
@@ -58,7 +61,7 @@ EntryFn = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_
 class LoadedCode:
     """Object code linked into this process by MCJIT; ``entry`` calls ``lepton_main``."""
 
-    def __init__(self, obj: bytes, target: Target):
+    def __init__(self, obj: bytes, target: Target, entry: str = ENTRY):
         initialize()
         with _lock:
             host = llvm.parse_assembly("")
@@ -66,7 +69,8 @@ class LoadedCode:
             self._engine = llvm.create_mcjit_compiler(host, target_machine(target))
             self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
             self._engine.finalize_object()
-            address = self._engine.get_function_address(ENTRY)
+            address = self._engine.get_function_address(entry)
         if not address:
-            raise LeptonError(f"object code has no '{ENTRY}' entry point")
+            raise LeptonError(f"object code has no '{entry}' entry point")
+        self.address = address
         self.entry = EntryFn(address)
