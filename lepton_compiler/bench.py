@@ -126,7 +126,6 @@ def fma_peak_gflops(seconds: float = 0.2) -> float:
     vector FMAs as wide as the host's registers."""
     import ctypes
 
-    import llvmlite.binding as llvm
     from llvmlite import ir
 
     from .backends.llvm.compiler import LoadedCode, compile_ir

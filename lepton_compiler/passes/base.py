@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 from ..ir import Graph
 
@@ -14,6 +14,10 @@ class PassOptions:
 
     verify: bool = False
     """Run the IR verifier after each pass (debug mode)."""
+
+    explain: Optional[list] = field(default=None, compare=False)
+    """A list to collect why fusion patterns fired or not: the fusion passes append a
+    ``passes.fusion.FusionNote`` per candidate (``lepton compile --report``). Output only."""
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ import numpy as np
 
 from ..errors import LeptonError
 from ..ir import Graph, Node, TensorType, Value
-from ..ops import infer_graph, infer_node
+from ..ops import infer_node
 from .base import Pass, PassOptions, PassResult
-from .rewrite import add_constant, constant_of, only_user, producer, replace_uses
+from .rewrite import rewrite_until_stable, add_constant, constant_of, only_user, producer, replace_uses
 
 VIEW_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 FLATTEN_1 = ("Flatten", {"axis": 1})
@@ -35,22 +35,7 @@ def canonicalize_reshape(graph: Graph, options: PassOptions) -> PassResult:
       View2(View1(x)) -> one view of x, when View1's result has no other reader;
       View(x) -> x when the result has x's type, unless the result is a graph output.
     The shape arithmetic left unused is removed by dead-code."""
-    g = graph.copy()
-    modified = False
-    while _rewrite_once(g):
-        modified = True
-    if modified:
-        infer_graph(g)
-    return PassResult(g, modified)
-
-
-def _rewrite_once(g: Graph) -> bool:
-    """Apply the first rule that fires on any view (rules change the graph, so start over)."""
-    users = g.users()
-    for node in g.nodes:
-        if node.op in VIEW_OPS and any(rule(g, node, users) for rule in RULES):
-            return True
-    return False
+    return rewrite_until_stable(graph, VIEW_OPS, RULES)
 
 
 # -- rules --------------------------------------------------------------------------------------

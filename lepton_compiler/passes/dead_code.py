@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from ..ir import Graph
-from ..ops import REGISTRY
 from .base import Pass, PassOptions, PassResult
 
 

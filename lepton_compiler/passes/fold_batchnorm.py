@@ -35,7 +35,7 @@ def fold_batchnorm_node(g: Graph, node: Node, users: Users) -> bool:
 
 def fold_batchnorm(graph: Graph, options: PassOptions) -> PassResult:
     """BatchNormalization(Conv(x, W, b)) -> Conv(x, W * a, (b - mean) * a + B), a = scale / sqrt(var + eps); or Gemm."""
-    return run_rules(graph, fold_batchnorm_node)
+    return run_rules(graph, fold_batchnorm_node, explain=options.explain, pattern="fold-batchnorm")
 
 
 FOLD_BATCHNORM = Pass("fold-batchnorm", fold_batchnorm)

@@ -16,7 +16,7 @@ from ..ir import Graph, Node
 from ..ops.activations import ACTIVATIONS, activation_params
 from .base import Pass, PassOptions, PassResult
 from .fusion import (Users, fuse, fused_conv_attrs, fused_gemm_attrs, fused_producer, input_at, is_conv,
-                     is_gemm, make_node, run_rules)
+                     is_gemm, make_node, refuse, run_rules)
 
 
 def known_params(node: Node) -> bool:
@@ -26,8 +26,10 @@ def known_params(node: Node) -> bool:
 
 
 def fuse_activation_node(g: Graph, node: Node, users: Users) -> bool:
-    if node.op not in ACTIVATIONS or node.domain != "" or not known_params(node):
+    if node.op not in ACTIVATIONS or node.domain != "":
         return False
+    if not known_params(node):
+        return refuse(node, node.inputs[0], f"{node.op} bounds are not known at compile time")
     linear = fused_producer(g, node, node.inputs[0], users, lambda n: is_conv(n, residual=True) or is_gemm(n))
     if linear is None:
         return False
@@ -41,7 +43,7 @@ def fuse_activation_node(g: Graph, node: Node, users: Users) -> bool:
 
 def fuse_activation(graph: Graph, options: PassOptions) -> PassResult:
     """Act(Conv(x, w, b)) -> FusedConv[activation=Act](x, w, b); likewise Act(Gemm) -> FusedGemm[activation=Act]."""
-    return run_rules(graph, fuse_activation_node)
+    return run_rules(graph, fuse_activation_node, explain=options.explain, pattern="fuse-activation")
 
 
 FUSE_ACTIVATION = Pass("fuse-activation", fuse_activation)

@@ -106,7 +106,7 @@ def fuse_group(g: Graph, root: Node, users: Users) -> bool:
 
 def fuse_elementwise(graph: Graph, options: PassOptions) -> PassResult:
     """Act(Add(Mul(x, s), b)) and other single-use elementwise chains -> FusedElementwise[program](x, s, b)."""
-    return run_rules(graph, fuse_group, reverse=True)
+    return run_rules(graph, fuse_group, reverse=True, explain=options.explain, pattern="fuse-elementwise")
 
 
 FUSE_ELEMENTWISE = Pass("fuse-elementwise", fuse_elementwise)

@@ -15,7 +15,7 @@ from ..errors import LeptonError
 from ..ir import Graph, Node
 from ..ops.nn import pool_window
 from .base import Pass, PassOptions, PassResult
-from .fusion import Users, fuse, fused_conv_attrs, fused_producer, is_conv, make_node, run_rules
+from .fusion import Users, fuse, fused_conv_attrs, fused_producer, is_conv, make_node, refuse, run_rules
 
 
 def pool_attrs(pool: Node) -> dict | None:
@@ -41,22 +41,24 @@ def pool_attrs(pool: Node) -> dict | None:
 
 
 def fuse_pool_node(g: Graph, node: Node, users: Users) -> bool:
-    if node.op != "MaxPool" or node.domain != "" or len(node.outputs) != 1:
+    if node.op != "MaxPool" or node.domain != "":
         return False
+    if len(node.outputs) != 1:
+        return refuse(node, node.inputs[0], "the MaxPool's Indices output is used")
     if node.attr("storage_order", 0) != 0 or len(node.attr("kernel_shape", [])) not in (1, 2):
-        return False
+        return refuse(node, node.inputs[0], "only 1-D and 2-D pools with storage_order 0 fuse")
     conv = fused_producer(g, node, node.inputs[0], users,
                           lambda n: is_conv(n, activation=True, residual=True))
     attrs = None if conv is None else pool_attrs(node)
     if attrs is None:
-        return False
+        return conv is not None and refuse(node, node.inputs[0], "auto_pad over spatial dims not known at compile time")
     return fuse(g, make_node("FusedConv", conv.name, list(conv.inputs), {**fused_conv_attrs(conv), **attrs}),
                 node, [conv])
 
 
 def fuse_pool(graph: Graph, options: PassOptions) -> PassResult:
     """MaxPool(Conv(x, w, b)) -> FusedConv[pool_kernel=kernel_shape, pool_strides=strides, ...](x, w, b), 1-D/2-D."""
-    return run_rules(graph, fuse_pool_node)
+    return run_rules(graph, fuse_pool_node, explain=options.explain, pattern="fuse-pool")
 
 
 FUSE_POOL = Pass("fuse-pool", fuse_pool)

@@ -32,7 +32,7 @@ def fuse_residual_node(g: Graph, node: Node, users: Users) -> bool:
 
 def fuse_residual(graph: Graph, options: PassOptions) -> PassResult:
     """Add(Conv(x, w, b), r) -> FusedConv(x, w, b, r) when the conv's output is read by the Add alone."""
-    return run_rules(graph, fuse_residual_node)
+    return run_rules(graph, fuse_residual_node, explain=options.explain, pattern="fuse-residual")
 
 
 FUSE_RESIDUAL = Pass("fuse-residual", fuse_residual)

@@ -10,6 +10,8 @@ defined there.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 from ..errors import LeptonError
@@ -44,14 +46,74 @@ def apply_rule(g: Graph, rule: Rule, reverse: bool = False) -> bool:
     return modified
 
 
-def run_rules(graph: Graph, *rules: Rule, reverse: bool = False) -> PassResult:
-    """The body of a pure pass: copy the graph, sweep each rule once in turn, re-infer types."""
+def run_rules(graph: Graph, *rules: Rule, reverse: bool = False, explain: Optional[list] = None,
+              pattern: str = "") -> PassResult:
+    """The body of a pure pass: copy the graph, sweep each rule once in turn, re-infer types.
+
+    ``explain`` (``PassOptions.explain``): a list that gets a :class:`FusionNote` for each
+    candidate of ``pattern`` fused or refused in this run."""
     g = graph.copy()
     modified = False
-    for rule in rules:
-        modified = apply_rule(g, rule, reverse) or modified
+    token = _notes.set((pattern, explain)) if explain is not None else None
+    try:
+        for rule in rules:
+            modified = apply_rule(g, rule, reverse) or modified
+    finally:
+        if token is not None:
+            _notes.reset(token)
     infer_graph(g)
     return PassResult(g, modified)
+
+
+# -- explaining (``PassOptions.explain``; output only, never read by a rule) ---------------------
+@dataclass(frozen=True)
+class FusionNote:
+    """A fusion candidate: ``node`` (where the pattern ends, e.g. the Relu) with ``partner`` (the
+    producer it would absorb, e.g. the Conv); ``fused``, or refused for ``reason``."""
+
+    pattern: str
+    node: str
+    op: str
+    partner: str
+    partner_op: str
+    fused: bool
+    reason: str = ""
+
+
+_notes: ContextVar[Optional[tuple[str, list]]] = ContextVar("lepton_fusion_notes", default=None)
+LINEAR_OPS = {"Conv": "Conv", "FusedConv": "Conv", "Gemm": "Gemm", "FusedGemm": "Gemm"}
+
+
+def _note(node: Node, partner: Optional[Node], fused: bool, reason: str = "") -> None:
+    current = _notes.get()
+    if current is not None:
+        current[1].append(FusionNote(current[0], node.name, node.op, partner.name if partner else "",
+                                     partner.op if partner else "", fused, reason))
+
+
+def refuse(consumer: Node, value: Optional[Value], reason: str) -> bool:
+    """Record (when explaining) that ``consumer`` is not fused with the Conv or Gemm producing
+    ``value``, for ``reason``; returns False. Other producers are not candidates: nothing is noted."""
+    producer = value.producer if value is not None else None
+    if producer is not None and producer.op in LINEAR_OPS:
+        _note(consumer, producer, False, reason)
+    return False
+
+
+def _already_fused(node: Node) -> list[str]:
+    parts = [("an activation", bool(node.attr("activation", ""))), ("a pool", node.attr("pool_kernel") is not None),
+             ("a residual", input_at(node, 3) is not None), ("a softmax", bool(node.attr("softmax", 0)))]
+    return [what for what, present in parts if present]
+
+
+def _why_not_single_use(g: Graph, consumer: Node, value: Value, users: Users) -> str:
+    base = LINEAR_OPS.get(value.producer.op, value.producer.op)
+    if value in g.outputs:
+        return f"{base} output '{value.name}' is a graph output"
+    readers = users.get(value, [])
+    reads = sum(1 for n in readers for v in n.inputs if v is value)
+    times = "twice" if reads == 2 else f"{reads} times"
+    return f"{base} output used {times} (by {', '.join(n.name for n in readers)})"
 
 
 # -- recognizing producers ------------------------------------------------------------------------
@@ -89,10 +151,18 @@ def fused_producer(g: Graph, consumer: Node, value: Optional[Value], users: User
     """The producer of ``value`` when ``accept`` takes it and ``consumer`` is the only reader of
     ``value`` (read once, and ``value`` is not a graph output)."""
     if value is None or value.producer is None or not accept(value.producer):
+        if _notes.get() is not None and value is not None and value.producer is not None:
+            p = value.producer
+            plain = Node(LINEAR_OPS.get(p.op, p.op), p.name, p.inputs, [], {}, "")
+            if p.op in LINEAR_OPS and _already_fused(p) and accept(plain):
+                refuse(consumer, value, f"{p.name} already has {' and '.join(_already_fused(p))} fused")
         return None
     if len(value.producer.outputs) != 1:
         return None
-    return value.producer if only_user(g, value, users) is consumer else None
+    if only_user(g, value, users) is not consumer:
+        refuse(consumer, value, _why_not_single_use(g, consumer, value, users))
+        return None
+    return value.producer
 
 
 # -- building fused nodes -------------------------------------------------------------------------
@@ -150,7 +220,10 @@ def splice(g: Graph, new: Node, consumer: Node, removed: Iterable[Node] = ()) ->
 
 def fuse(g: Graph, new: Node, consumer: Node, removed: Iterable[Node] = ()) -> bool:
     """:func:`splice` ``new`` in when its types agree with ``consumer``'s outputs; True if done."""
+    removed = list(removed)
     if not types_agree(new, consumer.outputs):
-        return False
+        return refuse(consumer, removed[0].outputs[0] if removed else None,
+                      f"the fused {new.op} would not compute {consumer.outputs[0].type}")
     splice(g, new, consumer, removed)
+    _note(consumer, removed[0] if removed else None, True)
     return True

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from ..ir import Graph, Node, TensorType, Value
+from .base import PassResult
+
+Rule = Callable[[Graph, Node, dict], bool]
+"""A local rewrite at one node: it changes the graph in place and says whether it fired."""
 
 
 def only_user(graph: Graph, value: Value, users: dict[Value, list[Node]]) -> Optional[Node]:
@@ -52,3 +56,22 @@ def add_constant(graph: Graph, base: str, array: np.ndarray) -> Value:
 def constant_of(value: Optional[Value]) -> Optional[np.ndarray]:
     """The compile-time contents of ``value``, when it is a constant."""
     return None if value is None or not value.is_const else value.const
+
+
+def rewrite_until_stable(graph: Graph, ops: Sequence[str], rules: Sequence[Rule]) -> PassResult:
+    """Apply the first rule that fires at any node of ``ops``, starting over after each change
+    (a rule may change what the others see), until none fires; on a copy of ``graph``."""
+    from ..ops import infer_graph
+
+    g = graph.copy()
+    modified = False
+    while _rewrite_once(g, ops, rules):
+        modified = True
+    if modified:
+        infer_graph(g)
+    return PassResult(g, modified)
+
+
+def _rewrite_once(g: Graph, ops: Sequence[str], rules: Sequence[Rule]) -> bool:
+    users = g.users()
+    return any(node.op in ops and any(rule(g, node, users) for rule in rules) for node in g.nodes)

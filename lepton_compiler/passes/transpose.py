@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from ..ir import Graph, Node, Value
-from ..ops import infer_graph, infer_node
+from ..ops import infer_node
 from ..ops.activations import ACTIVATIONS
 from .base import Pass, PassOptions, PassResult
-from .rewrite import only_user, producer, replace_uses
+from .rewrite import rewrite_until_stable, only_user, producer, replace_uses
 
 SINKABLE = tuple(ACTIVATIONS)
 """Ops that a Transpose commutes with: one tensor input, the same function on every element,
@@ -27,21 +27,7 @@ def cancel_transposes(graph: Graph, options: PassOptions) -> PassResult:
     so that the two transposes meet. A Transpose whose result is a graph output stays (though it
     may then read x directly); an activation whose result is a graph output or has other readers
     keeps its place."""
-    g = graph.copy()
-    modified = False
-    while _rewrite_once(g):
-        modified = True
-    if modified:
-        infer_graph(g)
-    return PassResult(g, modified)
-
-
-def _rewrite_once(g: Graph) -> bool:
-    users = g.users()
-    for node in g.nodes:
-        if node.op == "Transpose" and any(rule(g, node, users) for rule in RULES):
-            return True
-    return False
+    return rewrite_until_stable(graph, ("Transpose",), RULES)
 
 
 # -- rules --------------------------------------------------------------------------------------

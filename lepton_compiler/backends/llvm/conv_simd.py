@@ -27,7 +27,7 @@ from ...ops.fused import conv_output_type, pool_node
 from ...ops.nn import pool_window
 from .activations import VECTOR_ACTIVATIONS, activate
 from .codegen import F32, KernelBuilder
-from .conv import ConvParts, Geometry2D, conv_parts
+from .conv import Geometry2D, conv_parts
 
 MAX_TILE = {32: 12, 16: 6}  # positions per tile, by vector register count
 
