@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from .backends.llvm.compiler import compile_ir
-from .backends.llvm.module import build_module
+from .backends.llvm.module import ENTRY, build_module
 from .backends.llvm.target import Target, host_target, named_target
 from .errors import LeptonError
 from .frontends.onnx import ModelSource, import_model, load_onnx
@@ -15,9 +15,16 @@ from .runtime.model import CompiledModel, TensorInfo
 
 
 def optimize(model: ModelSource, opt_level: int = 3, *, verify: bool = False,
-             after_pass: Optional[Callable] = None) -> Graph:
-    """Import an ONNX model and run the passes of ``opt_level``; returns the IR graph."""
-    return optimize_graph(import_model(model), opt_level, PassOptions(verify=verify), after_pass)
+             after_pass: Optional[Callable] = None, keep: Optional[Sequence[str]] = None) -> Graph:
+    """Import an ONNX model and run the passes of ``opt_level``; returns the IR graph.
+
+    ``keep``: names of values of the original graph to make extra outputs before the passes run
+    (so fusion keeps them; see ``tools/intermediates.py``)."""
+    graph = import_model(model)
+    if keep:
+        from .tools.intermediates import keep_values
+        keep_values(graph, keep)
+    return optimize_graph(graph, opt_level, PassOptions(verify=verify), after_pass)
 
 
 def resolve_target(mcpu: Optional[str]) -> Target:
@@ -27,7 +34,7 @@ def resolve_target(mcpu: Optional[str]) -> Target:
 def compile(model: ModelSource, target: str = "cpu", opt_level: int = 3, quantize: Optional[str] = None,
             calibration=None, providers=None, threads: Optional[int] = None, *, mcpu: Optional[str] = None,
             verify: bool = False, after_pass: Optional[Callable] = None, provider_options=None,
-            strict: bool = False, ort_optimization: Optional[str] = None):
+            strict: bool = False, ort_optimization: Optional[str] = None, keep: Optional[Sequence[str]] = None):
     """Compile an ONNX model (path, bytes or ModelProto).
 
     ``target="cpu"``: native code for this CPU (or ``mcpu``); returns a ``CompiledModel``.
@@ -35,6 +42,8 @@ def compile(model: ModelSource, target: str = "cpu", opt_level: int = 3, quantiz
     (a list as onnxruntime takes it, or ``"auto"``/None for the best installed one), ``provider_options``,
     ``strict`` (no fallback) and ``ort_optimization`` (ORT's own graph optimizations, default
     ``"basic"``); returns an ``OrtModel`` (see ``backends/ort.py``).
+    ``keep``: names of intermediate values of the ONNX graph to return as extra outputs, after the
+    model's own (``model.run(["conv2_out"], feed)``); an unknown name is a ``LeptonError``.
     """
     if target not in ("cpu", "ort"):
         raise LeptonError(f"target {target!r} is not available in this version; use target='cpu' or 'ort'")
@@ -49,7 +58,7 @@ def compile(model: ModelSource, target: str = "cpu", opt_level: int = 3, quantiz
         request = provider_request(providers, provider_options, strict)
         settings = SessionSettings(threads, ort_optimization or DEFAULT_OPTIMIZATION)
         proto = load_onnx(model)
-        graph = optimize(proto, opt_level, verify=verify, after_pass=after_pass)
+        graph = optimize(proto, opt_level, verify=verify, after_pass=after_pass, keep=keep)
         return compile_ort(graph, proto.SerializeToString(), request, settings,
                            options={"target": "ort", "opt_level": opt_level, "threads": threads,
                                     "providers": list(request.providers), "provider_options": list(request.options),
@@ -61,17 +70,18 @@ def compile(model: ModelSource, target: str = "cpu", opt_level: int = 3, quantiz
     if strict:
         raise LeptonError("strict= applies to target='ort'")
     proto = load_onnx(model)
-    graph = optimize(proto, opt_level, verify=verify, after_pass=after_pass)
+    graph = optimize(proto, opt_level, verify=verify, after_pass=after_pass, keep=keep)
     return compile_graph(graph, proto.SerializeToString(), mcpu=mcpu,
                          options={"opt_level": opt_level, "threads": threads, "mcpu": mcpu})
 
 
 def compile_graph(graph: Graph, model_bytes: bytes = b"", *, mcpu: Optional[str] = None,
-                  options: Optional[dict] = None) -> CompiledModel:
-    """Lower an (optimized) IR graph to native code; ``model_bytes`` is the ONNX it came from."""
+                  options: Optional[dict] = None, entry: str = ENTRY) -> CompiledModel:
+    """Lower an (optimized) IR graph to native code; ``model_bytes`` is the ONNX it came from;
+    ``entry`` names the entry point (see ``backends/llvm/module.py``)."""
     spec = resolve_target(mcpu)
-    module, plan = build_module(graph, spec)
-    native = compile_ir(str(module), spec)
+    module, plan = build_module(graph, spec, entry)
+    native = compile_ir(str(module), spec, entry)
     return CompiledModel(
         inputs=[TensorInfo(v.name, v.type.dtype, v.type.shape) for v in graph.inputs],
         outputs=[TensorInfo(v.name, v.type.dtype, v.type.shape) for v in graph.outputs],

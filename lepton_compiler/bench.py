@@ -202,7 +202,7 @@ def compare(model_bytes: bytes, compiled_for_threads: Callable[[int], object], b
 
 def format_table(rows: Sequence[BenchRow]) -> str:
     lines = ["| batch | threads | lepton µs/call | lepton µs/image | lepton GFLOP/s | lepton % peak "
-             "| ORT µs/call | ORT µs/image | ORT GFLOP/s | ORT/lepton |",
+             "| ONNX Runtime µs/call | ONNX Runtime µs/image | ONNX Runtime GFLOP/s | ORT/lepton |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r.batch} | {r.threads} | {r.lepton_call_us:.1f} | {r.lepton_us:.1f} "

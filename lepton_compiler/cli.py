@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import InputError, LeptonError
 
-EMITS = ("llvm", "asm", "obj", "onnx")
+EMITS = ("llvm", "asm", "obj", "onnx", "so", "header")
 
 
 def _opt_level(text: str) -> int:
@@ -74,9 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     _ort_arguments(c)
     c.add_argument("--mcpu", help="CPU to generate code for (default: this host's)")
     c.add_argument("--threads", type=int, help="threads at run time (default: all cores)")
-    c.add_argument("--emit", choices=EMITS, help="write LLVM IR, assembly, an object file or the optimized ONNX")
+    c.add_argument("--emit", choices=EMITS, help="write LLVM IR, assembly, an object file, the optimized ONNX, "
+                   "a shared library with a C API (so) or its C header (header)")
+    c.add_argument("--name", help="--emit so|header|obj: prefix of the C symbols (default: the model file's stem)")
+    c.add_argument("--weights", choices=("embedded", "external"),
+                   help="--emit so: weights inside the library (default) or in a .bin file beside it")
     c.add_argument("--print-ir-after-all", action="store_true", help="print the IR after each pass")
     c.add_argument("--verify", action="store_true", help="run the IR verifier after each pass")
+    c.add_argument("--report", action="store_true", help="print the fusion report: where each fusion pattern "
+                   "fired and why candidates did not fuse (alone, without -o or --emit: only the report)")
 
     r = sub.add_parser("run", help="run a compiled artifact on .npy inputs")
     r.add_argument("artifact")
@@ -92,7 +98,48 @@ def build_parser() -> argparse.ArgumentParser:
     _ort_arguments(b)
 
     sub.add_parser("demo", help="compile the bundled MNIST CNN and compare it with ONNX Runtime")
+    _tool_parsers(sub)
     return parser
+
+
+def _tool_parsers(sub) -> None:
+    """The tools (lepton_compiler/tools): inspect, profile, bisect, graph."""
+    i = sub.add_parser("inspect", help="layers, multiply-adds, fusion plan, memory plan and kernels of a model")
+    i.add_argument("model", help="ONNX file")
+    i.add_argument("-O", dest="opt_level", type=_opt_level, default=3, metavar="LEVEL", help="0-3 (default 3)")
+    i.add_argument("--mcpu", help="CPU to plan the kernels for (default: this host's)")
+    i.add_argument("--json", action="store_true", help="print the inspection as JSON")
+
+    p = sub.add_parser("profile", help="time per compiled kernel next to ONNX Runtime's per-op profile")
+    p.add_argument("model", help="ONNX file")
+    p.add_argument("--batch", type=int, default=1, help="batch size of the random inputs (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="threads for lepton and ONNX Runtime (default 1)")
+    p.add_argument("-O", dest="opt_level", type=_opt_level, default=3, metavar="LEVEL", help="0-3 (default 3)")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="inputs to profile with (default: random, --batch images)")
+    p.add_argument("--repeats", type=int, help="timed runs (default: about 0.3 s worth on each side)")
+    p.add_argument("--ort-optimization", choices=("disabled", "basic", "extended", "all"), default="all",
+                   help="ONNX Runtime's graph optimizations for its profile (default: all)")
+
+    b = sub.add_parser("bisect", help="the first pass and layer where lepton's outputs leave ONNX Runtime's",
+                       description="Find the first stage (import, then each pass of the -O level) after which "
+                       "lepton's values leave ONNX Runtime's beyond --tolerance, in the reference interpreter or "
+                       "in the native code, then the first layer, and print the IR around it. Exit status 0: "
+                       "lepton agrees; 1: a difference was found. fp32 only: int8 does not exist yet in lepton.")
+    b.add_argument("model", help="ONNX file")
+    b.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="one per model input (default: random inputs, --batch images)")
+    b.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest allowed |lepton - ort| / (1 + |ort|) (default 1e-4)")
+    b.add_argument("-O", dest="opt_level", type=_opt_level, default=3, metavar="LEVEL", help="0-3 (default 3)")
+    b.add_argument("--batch", type=int, default=1, help="batch size of random inputs (default 1)")
+    b.add_argument("--mcpu", help="CPU to generate code for (default: this host's)")
+
+    g = sub.add_parser("graph", help="draw the graph before and after optimization (Graphviz)")
+    g.add_argument("model", help="ONNX file")
+    g.add_argument("-o", "--output", required=True, help="graph.svg, graph.png, graph.html (need Graphviz 'dot') "
+                   "or graph.dot (the Graphviz source)")
+    g.add_argument("-O", dest="opt_level", type=_opt_level, default=3, metavar="LEVEL", help="0-3 (default 3)")
 
 
 def cmd_compile(args) -> int:
@@ -103,6 +150,14 @@ def cmd_compile(args) -> int:
         def after_pass(p, graph, seconds):
             print(f"// -----// IR after {p.name} ({seconds * 1e3:.2f} ms) //----- //")
             print(graph)
+    if args.report:
+        from .tools.report import fusion_report
+        print(fusion_report(args.model, args.opt_level), file=sys.stderr if args.emit and not args.output else sys.stdout)
+        if not args.output and not args.emit:
+            return 0
+    if args.emit in ("so", "header") or args.name is not None or args.weights is not None:
+        from .export.clib import cli_compile
+        return cli_compile(args, after_pass)
     if args.emit == "onnx":
         import onnx
         graph = api.optimize(args.model, args.opt_level, verify=args.verify, after_pass=after_pass)
@@ -218,7 +273,54 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"compile": cmd_compile, "run": cmd_run, "bench": cmd_bench, "demo": cmd_demo}
+def cmd_inspect(args) -> int:
+    from .tools.inspect import inspect_model
+    report = inspect_model(args.model, args.opt_level, mcpu=args.mcpu)
+    print(report.to_json() if args.json else report.format())
+    return 0
+
+
+def _positive(value: int, what: str) -> None:
+    if value < 1:
+        raise LeptonError(f"{what} must be a positive integer, not {value}")
+
+
+def cmd_profile(args) -> int:
+    from .tools.profile import profile_model
+    _positive(args.batch, "--batch")
+    _positive(args.threads, "--threads")
+    if args.repeats is not None:
+        _positive(args.repeats, "--repeats")
+    feed = _load_inputs(args.input) if args.input else None
+    print(profile_model(args.model, batch=args.batch, threads=args.threads, opt_level=args.opt_level, feed=feed,
+                        repeats=args.repeats, ort_optimization=args.ort_optimization).format())
+    return 0
+
+
+def cmd_bisect(args) -> int:
+    from .tools.bisect import bisect_model
+    from .tools.profile import make_feed
+    from .frontends.onnx import import_model
+    _positive(args.batch, "--batch")
+    if args.input:
+        feed = _load_inputs(args.input)
+    else:
+        feed = make_feed(import_model(args.model).inputs, args.batch)
+        print(f"inputs: random, batch {args.batch} (give --input NAME=FILE.npy to bisect on your own)")
+    result = bisect_model(args.model, feed, opt_level=args.opt_level, tolerance=args.tolerance, mcpu=args.mcpu)
+    print(result.format())
+    return 1 if result.found else 0
+
+
+def cmd_graph(args) -> int:
+    from .tools.graph import draw_graph
+    fmt = draw_graph(args.model, args.output, args.opt_level)
+    print(f"wrote {args.output} ({fmt}, {os.path.getsize(args.output):,} bytes)")
+    return 0
+
+
+COMMANDS = {"compile": cmd_compile, "run": cmd_run, "bench": cmd_bench, "demo": cmd_demo,
+            "inspect": cmd_inspect, "profile": cmd_profile, "bisect": cmd_bisect, "graph": cmd_graph}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -234,6 +336,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except MemoryError:
         print("lepton: error: out of memory", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `lepton inspect m.onnx | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

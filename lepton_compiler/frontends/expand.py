@@ -12,10 +12,11 @@ import numpy as np
 from onnx import NodeProto, TensorProto, helper, numpy_helper
 
 from ..ir import Node
-from ..ops.fused import POOL_ATTRS, parse_step
+from ..ops.activations import ACTIVATIONS
+from ..ops.fused import BINARY, POOL_ATTRS, parse_step
 
 Expansion = Callable[[Node, Callable[[str], str]], tuple[list[NodeProto], list[TensorProto]]]
-BINARY_OPS = ("Add", "Sub", "Mul", "Div")
+BINARY_OPS = tuple(BINARY)
 
 
 def _names(v) -> str:
@@ -29,7 +30,7 @@ def activation_nodes(name: str, params, x: str, y: str, fresh) -> tuple[list[Nod
         inits = [numpy_helper.from_array(np.array(params[0], np.float32), lo),
                  numpy_helper.from_array(np.array(params[1], np.float32), hi)]
         return [helper.make_node("Clip", [x, lo, hi], [y], name=fresh(f"{y}_clip"))], inits
-    attrs = {"alpha": float(params[0])} if name == "LeakyRelu" else {}
+    attrs = {key: float(p) for key, p in zip(ACTIVATIONS[name].params, params)}
     return [helper.make_node(name, [x], [y], name=fresh(f"{y}_{name.lower()}"), **attrs)], []
 
 

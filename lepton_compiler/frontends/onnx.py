@@ -154,6 +154,13 @@ def same(op: str) -> Converter:
 for _op in ("Conv", "Relu", "MaxPool", "Flatten", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div",
             "Identity", "Shape", "Gather", "Concat", "Cast", "LeakyRelu", "Sigmoid", "Tanh", "Transpose"):
     converter(_op)(same(_op))
+for _op in ("ConvTranspose", "InstanceNormalization", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LRN",
+            "PRelu", "Elu", "Selu", "HardSigmoid", "Exp", "Log", "Sqrt", "Neg", "Abs", "Erf", "ReduceMean",
+            "ReduceMax"):
+    converter(_op)(same(_op))
+for _op, _since in (("Expand", 8), ("ConstantOfShape", 9), ("Range", 11), ("Pad", 11), ("Split", 13),
+                    ("ReduceSum", 13), ("LogSoftmax", 13)):
+    converter(_op, since=_since)(same(_op))
 converter("HardSwish", since=14)(same("HardSwish"))
 converter("Clip", since=11)(same("Clip"))
 converter("Reshape", since=5)(same("Reshape"))
@@ -169,21 +176,26 @@ def convert_gemm(ctx, proto, name, attrs):
     ctx.add("Gemm", name, _inputs(ctx, proto), list(proto.output), attrs)
 
 
-@converter("Softmax", since=1)
-def convert_softmax_v1(ctx, proto, name, attrs):
-    """Before opset 13 Softmax flattens to 2-D at ``axis`` and normalizes each row."""
-    (x,) = _inputs(ctx, proto)
-    axis = attrs.get("axis", 1)
-    rank = x.type.rank
-    axis = axis + rank if axis < 0 else axis
-    if axis == rank - 1:
-        ctx.add("Softmax", name, [x], list(proto.output), {"axis": -1})
-        return
-    flat, soft, shape = ctx.fresh(f"{name}_2d"), ctx.fresh(f"{name}_rows"), ctx.fresh(f"{name}_shape")
-    ctx.add("Flatten", ctx.fresh(f"{name}_flatten"), [x], [flat], {"axis": axis})
-    ctx.add("Softmax", name, [ctx.values[flat]], [soft], {"axis": -1})
-    ctx.add("Shape", ctx.fresh(f"{name}_shape_of"), [x], [shape])
-    ctx.add("Reshape", ctx.fresh(f"{name}_restore"), [ctx.values[soft], ctx.values[shape]], list(proto.output))
+def _coerced_2d(op: str) -> Converter:
+    """Before opset 13 Softmax and LogSoftmax flatten to 2-D at ``axis`` and normalize each row."""
+    def convert(ctx, proto, name, attrs):
+        (x,) = _inputs(ctx, proto)
+        axis = attrs.get("axis", 1)
+        rank = x.type.rank
+        axis = axis + rank if axis < 0 else axis
+        if axis == rank - 1:
+            ctx.add(op, name, [x], list(proto.output), {"axis": -1})
+            return
+        flat, soft, shape = ctx.fresh(f"{name}_2d"), ctx.fresh(f"{name}_rows"), ctx.fresh(f"{name}_shape")
+        ctx.add("Flatten", ctx.fresh(f"{name}_flatten"), [x], [flat], {"axis": axis})
+        ctx.add(op, name, [ctx.values[flat]], [soft], {"axis": -1})
+        ctx.add("Shape", ctx.fresh(f"{name}_shape_of"), [x], [shape])
+        ctx.add("Reshape", ctx.fresh(f"{name}_restore"), [ctx.values[soft], ctx.values[shape]], list(proto.output))
+    return convert
+
+
+convert_softmax_v1 = converter("Softmax", since=1)(_coerced_2d("Softmax"))
+converter("LogSoftmax", since=1)(_coerced_2d("LogSoftmax"))
 
 
 def _axes_attr_to_input(op: str) -> Converter:
@@ -197,6 +209,125 @@ def _axes_attr_to_input(op: str) -> Converter:
 
 converter("Unsqueeze", since=1)(_axes_attr_to_input("Unsqueeze"))
 converter("Squeeze", since=1)(_axes_attr_to_input("Squeeze"))
+converter("ReduceSum", since=1)(_axes_attr_to_input("ReduceSum"))
+
+
+def _unsupported(ctx, proto, name, reason: str) -> UnsupportedOpError:
+    return UnsupportedOpError([(proto.op_type, name, proto.domain, ctx.opset)], reason)
+
+
+def _known_input(ctx, proto, name, index: int, what: str) -> Optional[np.ndarray]:
+    """The compile-time value of an optional input (None when the input is absent)."""
+    inputs = _inputs(ctx, proto)
+    value = inputs[index] if len(inputs) > index else None
+    if value is None:
+        return None
+    if value.known is None or value.known.dtype == object:
+        raise _unsupported(ctx, proto, name, f"{what} must be known at compile time")
+    return value.known
+
+
+@converter("ReduceMean", since=18)
+@converter("ReduceMax", since=18)
+def convert_reduce_v18(ctx, proto, name, attrs):
+    """Opset 18 moved ``axes`` to an input; the IR keeps opset 17's attribute."""
+    inputs = _inputs(ctx, proto)
+    axes = _known_input(ctx, proto, name, 1, "axes")
+    if axes is not None and axes.size:
+        attrs["axes"] = [int(a) for a in axes.ravel()]
+    elif attrs.pop("noop_with_empty_axes", 0):
+        ctx.add("Identity", name, inputs[:1], list(proto.output))
+        return
+    attrs.pop("noop_with_empty_axes", None)
+    ctx.add(proto.op_type, name, inputs[:1], list(proto.output), attrs)
+
+
+@converter("Split", since=1)
+def convert_split_v2(ctx, proto, name, attrs):
+    """Before opset 13 the sizes are the ``split`` attribute; the IR takes them as an input."""
+    inputs = _inputs(ctx, proto)[:1]
+    if attrs.get("split"):
+        inputs.append(ctx.constant(f"{name}_split", np.array(attrs.pop("split"), np.int64)))
+    attrs.pop("split", None)
+    ctx.add("Split", name, inputs, list(proto.output), attrs)
+
+
+@converter("Split", since=18)
+def convert_split_v18(ctx, proto, name, attrs):
+    """``num_outputs`` (opset 18): equal parts of ceil(dim / n), the last one smaller."""
+    inputs = _inputs(ctx, proto)
+    count = attrs.pop("num_outputs", None)
+    if count is not None and (len(inputs) < 2 or inputs[1] is None):
+        x = inputs[0]
+        axis = attrs.get("axis", 0)
+        dim = x.type.shape[axis] if -x.type.rank <= axis < x.type.rank else None
+        if not isinstance(dim, int):
+            raise _unsupported(ctx, proto, name, f"splitting dim {dim} into num_outputs parts needs a static dim")
+        part = -(-dim // count)
+        sizes = [min(part, max(dim - i * part, 0)) for i in range(len(proto.output))]
+        inputs = [x, ctx.constant(f"{name}_split", np.array(sizes, np.int64))]
+    ctx.add("Split", name, inputs, list(proto.output), attrs)
+
+
+@converter("Pad", since=1)
+def convert_pad_v2(ctx, proto, name, attrs):
+    """Before opset 11 ``pads`` and ``value`` are attributes; the IR takes them as inputs."""
+    (x,) = _inputs(ctx, proto)
+    pads = ctx.constant(f"{name}_pads", np.array(attrs.pop("pads", attrs.pop("paddings", [])), np.int64))
+    value = ctx.constant(f"{name}_value", np.array(attrs.pop("value", 0.0), x.type.np_dtype))
+    ctx.add("Pad", name, [x, pads, value], list(proto.output), attrs)
+
+
+@converter("Pad", since=18)
+def convert_pad_v18(ctx, proto, name, attrs):
+    """Opset 18's ``axes`` input: pads for the listed axes only, widened to every axis for the IR."""
+    inputs = _inputs(ctx, proto)
+    axes = _known_input(ctx, proto, name, 3, "axes")
+    if axes is None:
+        ctx.add("Pad", name, inputs[:3], list(proto.output), attrs)
+        return
+    pads = _known_input(ctx, proto, name, 1, "pads")
+    rank = inputs[0].type.rank
+    axes = [int(a) + rank if a < 0 else int(a) for a in axes.ravel()]
+    if pads is None or pads.size != 2 * len(axes) or not all(0 <= a < rank for a in axes):
+        raise ModelFormatError(f"node '{name}' (Pad): pads and axes do not fit rank {rank}")
+    full = [0] * (2 * rank)
+    for i, a in enumerate(axes):
+        full[a], full[a + rank] = int(pads.ravel()[i]), int(pads.ravel()[i + len(axes)])
+    inputs = [inputs[0], ctx.constant(f"{name}_pads", np.array(full, np.int64))] + inputs[2:3]
+    ctx.add("Pad", name, inputs, list(proto.output), attrs)
+
+
+def _chain(op: str) -> Converter:
+    """A variadic ONNX op (Sum, Max, Min) as a chain of binary IR ops; one input is the identity."""
+    def convert(ctx, proto, name, attrs):
+        inputs = [v for v in _inputs(ctx, proto) if v is not None]
+        if not inputs:
+            raise ModelFormatError(f"node '{name}' ({proto.op_type}) has no inputs")
+        if len(inputs) == 1:
+            ctx.add("Identity", name, inputs, list(proto.output))
+            return
+        current = inputs[0]
+        for i, operand in enumerate(inputs[1:], start=1):
+            last = i == len(inputs) - 1
+            outputs = list(proto.output) if last else [ctx.fresh(f"{name}_{i}")]
+            node_name = name if last else ctx.fresh(f"{name}_step{i}")
+            current = ctx.add(op, node_name, [current, operand], outputs).outputs[0]
+    return convert
+
+
+converter("Sum")(_chain("Add"))
+converter("Max")(_chain("Max"))
+converter("Min")(_chain("Min"))
+
+
+@converter("Pow", since=1)
+def convert_pow(ctx, proto, name, attrs):
+    """A constant exponent of another dtype (``x ** 2`` with an int64 2) becomes one of the base's."""
+    base, exponent = _inputs(ctx, proto)
+    if exponent.is_const and exponent.type.dtype != base.type.dtype and base.type.dtype.startswith("float"):
+        exponent = ctx.constant(f"{name}_exponent", exponent.const.astype(base.type.np_dtype))
+    ctx.add("Pow", name, [base, exponent], list(proto.output))
 
 
 @converter("Slice", since=1)
@@ -256,6 +387,35 @@ def convert_constant(ctx, proto, name, attrs):
     value_obj = Value(proto.output[0], TensorType.of(array), array)
     ctx.define(proto.output[0], value_obj)
     ctx.constants.append(value_obj)
+
+
+# -- inputs the import needs the values of -----------------------------------------------------
+CONVERTER_STATIC_INPUTS: dict[str, tuple[int, ...]] = {
+    "ReduceMean": (1,), "ReduceMax": (1,),   # opset 18's axes, made attributes
+    "Pad": (3,),                             # opset 18's axes, folded into the pads
+    "Dropout": (1, 2),                       # ratio and training_mode
+}
+"""ONNX inputs that converters read at import time, beyond the IR ops' ``static_inputs``."""
+
+
+def compile_time_inputs(model: onnx.ModelProto) -> list[str]:
+    """The graph inputs that the compiler needs the values of (a Reshape's target shape, Slice's
+    starts...): every node that reads one reads it only at such a position. A model with such
+    inputs compiles only once their values are bound (``onnx.backend`` does so on each run)."""
+    from ..ops import REGISTRY
+
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    names = [i.name for i in g.input if i.name not in inits]
+    static: dict[str, bool] = {}
+    for proto in g.node:
+        positions = set(CONVERTER_STATIC_INPUTS.get(proto.op_type, ()))
+        if proto.domain in ("", "ai.onnx") and proto.op_type in REGISTRY:
+            positions |= set(REGISTRY[proto.op_type].static_inputs)
+        for i, name in enumerate(proto.input):
+            if name in names:
+                static[name] = static.get(name, True) and i in positions
+    return [n for n in names if static.get(n, False)]
 
 
 # -- import ------------------------------------------------------------------------------------
@@ -417,9 +577,10 @@ def export_model(graph: Graph) -> onnx.ModelProto:
             nodes += expanded
             initializers += extra
             continue
+        attrs = {k: numpy_helper.from_array(v) if isinstance(v, np.ndarray) else v for k, v in node.attrs.items()}
         nodes.append(helper.make_node(node.op, ["" if v is None else v.name for v in node.inputs],
                                       [v.name for v in node.outputs], name=node.name, domain=node.domain or None,
-                                      **node.attrs))
+                                      **attrs))
     outputs = set(graph.outputs)
     value_info = [_value_info(v) for n in graph.nodes for v in n.outputs if v not in outputs]
     onnx_graph = helper.make_graph(nodes, graph.name, [_value_info(v) for v in graph.inputs],

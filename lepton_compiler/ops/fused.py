@@ -23,6 +23,7 @@ import numpy as np
 
 from ..ir import Node, TensorType, Value
 from .activations import ACTIVATIONS, apply_activation
+from .elementwise import power, prelu
 from .nn import (infer_conv, infer_gemm, infer_maxpool, reference_conv, reference_gemm, reference_maxpool,
                  reference_softmax)
 from .registry import OpKind, register, require
@@ -117,7 +118,8 @@ register("FusedGemm", infer_fused_gemm, reference_fused_gemm, OpKind.OPAQUE)
 
 
 # -- FusedElementwise ----------------------------------------------------------------------------
-BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}
+BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide,
+          "Max": np.maximum, "Min": np.minimum, "Pow": power, "PRelu": prelu}
 
 
 def parse_step(step: str) -> tuple[str, list[float], list[int]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..ir import Node, TensorType
@@ -195,3 +197,135 @@ def reference_batchnorm(node: Node, inputs):
 
 
 register("BatchNormalization", infer_batchnorm, reference_batchnorm, OpKind.ELEMENTWISE)
+
+
+def reference_log_softmax(node: Node, inputs):
+    x = inputs[0]
+    axis = normalize_axis(node, node.attr("axis", -1), x.ndim)
+    shifted = x.astype(np.float64) - x.astype(np.float64).max(axis=axis, keepdims=True)
+    return [(shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))).astype(x.dtype)]
+
+
+register("LogSoftmax", infer_softmax, reference_log_softmax, OpKind.REDUCTION)
+
+
+# -- InstanceNormalization -------------------------------------------------------------------------
+def infer_instancenorm(node: Node) -> list[TensorType]:
+    x = _float_input(node)
+    require(node, x.rank >= 3, f"expects [N, C, spatial...], got {x}")
+    channels = x.shape[1]
+    for i, what in ((1, "scale"), (2, "B")):
+        require(node, node.inputs[i] is not None and node.inputs[i].type.shape == (channels,),
+                f"{what} must have shape [{channels}]")
+    return [x]
+
+
+def reference_instancenorm(node: Node, inputs):
+    x, scale, bias = inputs
+    x64 = x.astype(np.float64)
+    axes = tuple(range(2, x.ndim))
+    mean = x64.mean(axis=axes, keepdims=True)
+    var = ((x64 - mean) ** 2).mean(axis=axes, keepdims=True)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    y = (x64 - mean) / np.sqrt(var + node.attr("epsilon", 1e-5))
+    return [(y * scale.astype(np.float64).reshape(shape) + bias.astype(np.float64).reshape(shape)).astype(x.dtype)]
+
+
+register("InstanceNormalization", infer_instancenorm, reference_instancenorm, OpKind.OPAQUE)
+
+
+# -- ConvTranspose ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TransposedWindow:
+    """Geometry of a transposed convolution: input position ``i`` and kernel tap ``k``
+    write output position ``i * stride + k * dilation - pads_begin`` (when in ``[0, out)``)."""
+
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    pads_begin: tuple[int, ...]
+    out: tuple[int, ...]
+
+
+def conv_transpose_window(node: Node) -> TransposedWindow:
+    """Resolve pads, auto_pad, output_padding and output_shape as ONNX's reference does."""
+    x, w = node.inputs[0].type, node.inputs[1].type
+    spatial = static_dims(node, x, range(2, x.rank), "spatial")
+    kernel = static_dims(node, w, range(2, w.rank), "kernel")
+    nd = len(spatial)
+    if node.attr("kernel_shape") is not None:
+        require(node, list(node.attr("kernel_shape")) == kernel,
+                f"kernel_shape {node.attr('kernel_shape')} does not match the weight's {kernel}")
+    strides = list(node.attr("strides", [1] * nd))
+    dilations = list(node.attr("dilations", [1] * nd))
+    adjust = list(node.attr("output_padding", [0] * nd))
+    auto_pad = node.attr("auto_pad", "NOTSET")
+    require(node, len(strides) == nd and all(s >= 1 for s in strides), f"invalid strides {strides}")
+    require(node, len(dilations) == nd and all(d >= 1 for d in dilations), f"invalid dilations {dilations}")
+    require(node, len(adjust) == nd and all(a >= 0 for a in adjust), f"invalid output_padding {adjust}")
+    require(node, auto_pad in ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"), f"unknown auto_pad {auto_pad!r}")
+    full = [s * (i - 1) + a + (k - 1) * d + 1 for s, i, a, k, d in zip(strides, spatial, adjust, kernel, dilations)]
+    output_shape = node.attr("output_shape")
+    if output_shape is not None:
+        output_shape = list(output_shape)[-nd:]
+        require(node, len(output_shape) == nd and all(o >= 1 for o in output_shape),
+                f"invalid output_shape {node.attr('output_shape')}")
+    pads = node.attr("pads")
+    if pads is None and auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        out = output_shape or [i * s for i, s in zip(spatial, strides)]
+        total = [f - o for f, o in zip(full, out)]
+        begin = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
+    else:
+        pads = [0] * (2 * nd) if pads is None or auto_pad == "VALID" else list(pads)
+        require(node, len(pads) == 2 * nd and all(p >= 0 for p in pads), f"invalid pads {pads}")
+        begin = pads[:nd]
+        out = output_shape or [f - b - e for f, b, e in zip(full, pads[:nd], pads[nd:])]
+    require(node, all(o >= 1 for o in out), f"the output would be empty: {out}")
+    return TransposedWindow(tuple(kernel), tuple(strides), tuple(dilations), tuple(begin), tuple(out))
+
+
+def infer_conv_transpose(node: Node) -> list[TensorType]:
+    x, w = _float_input(node, 0), _float_input(node, 1)
+    require(node, x.rank >= 3 and w.rank == x.rank, f"input {x} and weight {w} ranks do not fit a convolution")
+    group = node.attr("group", 1)
+    in_ch, out_per_group = static_dims(node, w, [0, 1], "weight channel")
+    require(node, x.shape[1] == in_ch, f"input channels {x.shape[1]} do not match the weight's {in_ch}")
+    require(node, group >= 1 and in_ch % group == 0, f"group {group} does not divide input channels {in_ch}")
+    out_ch = out_per_group * group
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    if bias is not None:
+        require(node, bias.type.shape == (out_ch,), f"bias {bias.type} should be [{out_ch}]")
+    win = conv_transpose_window(node)
+    return [TensorType(x.dtype, (x.shape[0], out_ch, *win.out))]
+
+
+def reference_conv_transpose(node: Node, inputs):
+    x, w = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    win = conv_transpose_window(node)
+    group = node.attr("group", 1)
+    batch, in_ch, spatial = x.shape[0], x.shape[1], x.shape[2:]
+    icg, ocg = in_ch // group, w.shape[1]
+    # Scatter every tap into a buffer that covers all written positions, then crop.
+    lows = [min(0, -b) for b in win.pads_begin]
+    highs = [max(o, (i - 1) * s + (k - 1) * d + 1 - b)
+             for o, i, s, k, d, b in zip(win.out, spatial, win.strides, win.kernel, win.dilations, win.pads_begin)]
+    buf = np.zeros((batch, ocg * group, *[h - lo for h, lo in zip(highs, lows)]), np.float64)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    for offset in np.ndindex(*win.kernel):
+        idx = [slice(None), slice(None)]
+        for a, k in enumerate(offset):
+            start = k * win.dilations[a] - win.pads_begin[a] - lows[a]
+            idx.append(slice(start, start + (spatial[a] - 1) * win.strides[a] + 1, win.strides[a]))
+        for g in range(group):
+            wk = w64[(slice(g * icg, (g + 1) * icg), slice(None), *offset)]
+            contrib = np.einsum("nc...,co->no...", x64[:, g * icg:(g + 1) * icg], wk)
+            buf[(idx[0], slice(g * ocg, (g + 1) * ocg), *idx[2:])] += contrib
+    crop = tuple(slice(-lo, -lo + o) for lo, o in zip(lows, win.out))
+    out = buf[(slice(None), slice(None), *crop)]
+    if bias is not None:
+        out = out + bias.astype(np.float64).reshape((1, -1) + (1,) * len(win.out))
+    return [out.astype(x.dtype)]
+
+
+register("ConvTranspose", infer_conv_transpose, reference_conv_transpose, OpKind.OPAQUE)

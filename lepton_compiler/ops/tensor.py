@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper as onnx_helper
 
-from ..ir import Node, Sym, TensorType, dim_factors, make_dim, shape_product
+from ..ir import Dim, Node, Sym, TensorType, dim_factors, make_dim, shape_product
 from .registry import OpKind, register, require
-from .shapes import dim_of, known_ints, normalize_axis
+from .shapes import broadcast_shapes, dim_of, known_ints, normalize_axis
 
 
 # -- views ---------------------------------------------------------------------------------
@@ -145,9 +145,19 @@ def infer_concat(node: Node) -> list[TensorType]:
     axis = normalize_axis(node, node.attr("axis", 0), first.rank)
     require(node, all(t.dtype == first.dtype and t.rank == first.rank for t in types),
             f"inputs differ in dtype or rank: {[str(t) for t in types]}")
-    dims = [t.shape[axis] for t in types]
-    total = sum(dims) if all(isinstance(d, int) for d in dims) else "+".join(map(str, dims))
-    return [TensorType(first.dtype, first.shape[:axis] + (total,) + first.shape[axis + 1:])]
+    for t in types:
+        for i, (a, b) in enumerate(zip(t.shape, first.shape)):
+            require(node, i == axis or a == b, f"inputs differ off the concat axis: {[str(t) for t in types]}")
+    return [TensorType(first.dtype, first.shape[:axis] + (dim_sum(node, [t.shape[axis] for t in types]),)
+                       + first.shape[axis + 1:])]
+
+
+def dim_sum(node: Node, dims) -> Dim:
+    """``N*2 + N`` -> ``N*3``; a symbolic dim plus a static one has no name in the IR."""
+    factors = [dim_factors(d) for d in dims]
+    symbols = {s for s, _ in factors}
+    require(node, len(symbols) == 1, f"cannot add dims {list(dims)}: the result would need a new symbol")
+    return make_dim(symbols.pop(), sum(f for _, f in factors))
 
 
 register("Concat", infer_concat, lambda node, inputs: [np.concatenate(inputs, axis=node.attr("axis", 0))],
@@ -264,3 +274,157 @@ def infer_transpose(node: Node) -> list[TensorType]:
 
 register("Transpose", infer_transpose, lambda node, inputs: [np.transpose(inputs[0], _perm(node, inputs[0].ndim))],
          OpKind.OPAQUE)
+
+
+# -- Split ---------------------------------------------------------------------------------
+def split_sizes(node: Node) -> list[Dim]:
+    """The size of each output along the split axis."""
+    x = node.inputs[0].type
+    axis = normalize_axis(node, node.attr("axis", 0), x.rank)
+    dim, count = x.shape[axis], len(node.outputs)
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        sizes = known_ints(node, 1, "split")
+        require(node, len(sizes) == count and all(isinstance(s, int) and s >= 0 for s in sizes),
+                f"split {sizes} does not give {count} non-negative sizes")
+        require(node, isinstance(dim, int), f"splitting the dynamic dim {dim} into sizes {sizes} is not supported")
+        require(node, sum(sizes) == dim, f"split {sizes} does not add up to dim {dim}")
+        return list(sizes)
+    symbols, factor = dim_factors(dim)
+    require(node, factor % count == 0, f"dim {dim} does not split into {count} equal parts")
+    return [make_dim(symbols, factor // count)] * count
+
+
+def infer_split(node: Node) -> list[TensorType]:
+    x = node.inputs[0].type
+    axis = normalize_axis(node, node.attr("axis", 0), x.rank)
+    return [TensorType(x.dtype, x.shape[:axis] + (size,) + x.shape[axis + 1:]) for size in split_sizes(node)]
+
+
+def reference_split(node: Node, inputs):
+    x = inputs[0]
+    axis = normalize_axis(node, node.attr("axis", 0), x.ndim)
+    sizes = split_sizes(node)
+    if not all(isinstance(s, int) for s in sizes):
+        sizes = [x.shape[axis] // len(sizes)] * len(sizes)
+    return np.split(x, np.cumsum(sizes)[:-1], axis=axis)
+
+
+register("Split", infer_split, reference_split, OpKind.OPAQUE, static_inputs=(1,))
+
+
+# -- Pad -----------------------------------------------------------------------------------
+PAD_MODES = ("constant", "reflect", "edge", "wrap")
+
+
+def pad_params(node: Node) -> tuple[list[int], list[int], str, float]:
+    """(pads at the begin of each axis, pads at the end, mode, constant value)."""
+    x = node.inputs[0].type
+    pads = known_ints(node, 1, "pads")
+    require(node, len(pads) == 2 * x.rank and all(isinstance(p, int) for p in pads),
+            f"pads {pads} should hold 2 x {x.rank} ints")
+    mode = node.attr("mode", "constant")
+    require(node, mode in PAD_MODES, f"unknown mode {mode!r}")
+    value = 0.0
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        given = node.inputs[2].known
+        require(node, given is not None and given.size <= 1, "constant_value must be a scalar known at compile time")
+        value = given.reshape(-1)[0] if given.size else 0.0
+    return pads[:x.rank], pads[x.rank:], mode, value
+
+
+def infer_pad(node: Node) -> list[TensorType]:
+    x = node.inputs[0].type
+    begin, end, mode, _ = pad_params(node)
+    shape: list[Dim] = []
+    for d, b, e in zip(x.shape, begin, end):
+        if b == 0 and e == 0:
+            shape.append(d)
+            continue
+        require(node, isinstance(d, int), f"padding the dynamic dim {d} is not supported")
+        require(node, d + b + e >= 0, f"pads {b}, {e} remove more than the dim {d}")
+        if mode == "reflect":
+            require(node, max(b, e) < d, f"reflect padding {max(b, e)} must be smaller than the dim {d}")
+        elif mode in ("edge", "wrap"):
+            require(node, d > 0, f"{mode} padding of an empty dim")
+        shape.append(d + b + e)
+    return [TensorType(x.dtype, tuple(shape))]
+
+
+def reference_pad(node: Node, inputs):
+    x = inputs[0]
+    begin, end, mode, value = pad_params(node)
+    crop = tuple(slice(max(0, -b), d - max(0, -e)) for d, b, e in zip(x.shape, begin, end))
+    widths = [(max(0, b), max(0, e)) for b, e in zip(begin, end)]
+    if mode == "constant":
+        return [np.pad(x[crop], widths, mode="constant", constant_values=np.asarray(value).astype(x.dtype))]
+    return [np.pad(x[crop], widths, mode=mode)]
+
+
+register("Pad", infer_pad, reference_pad, OpKind.OPAQUE, static_inputs=(1, 2))
+
+
+# -- Expand, ConstantOfShape, Range ----------------------------------------------------------
+def infer_expand(node: Node) -> list[TensorType]:
+    x = node.inputs[0].type
+    target = tuple(dim_of(d) for d in known_ints(node, 1, "shape"))
+    require(node, all(isinstance(d, str) or d >= 0 for d in target), f"invalid shape {list(target)}")
+    return [TensorType(x.dtype, broadcast_shapes(node, x.shape, target))]
+
+
+def reference_expand(node: Node, inputs):
+    x, shape = inputs
+    return [np.broadcast_to(x, np.broadcast_shapes(x.shape, tuple(int(d) for d in shape))).copy()]
+
+
+register("Expand", infer_expand, reference_expand, OpKind.ELEMENTWISE, static_inputs=(1,))
+
+
+def fill_value(node: Node) -> np.ndarray:
+    value = node.attr("value")
+    if value is None:
+        return np.zeros((), np.float32)
+    value = np.asarray(value)
+    require(node, value.size == 1, "value must hold one element")
+    return value.reshape(())
+
+
+def infer_constant_of_shape(node: Node) -> list[TensorType]:
+    shape = tuple(dim_of(d) for d in known_ints(node, 0, "shape"))
+    require(node, all(isinstance(d, str) or d >= 0 for d in shape), f"invalid shape {list(shape)}")
+    return [TensorType(str(fill_value(node).dtype), shape)]
+
+
+register("ConstantOfShape", infer_constant_of_shape,
+         lambda node, inputs: [np.full([int(d) for d in inputs[0]], fill_value(node))], OpKind.SHAPE,
+         static_inputs=(0,))
+
+
+def range_params(node: Node):
+    values = []
+    for i, what in enumerate(("start", "limit", "delta")):
+        v = node.inputs[i].known if node.inputs[i] is not None else None
+        require(node, v is not None and v.size == 1 and v.dtype != object, f"{what} must be known at compile time")
+        values.append(v.reshape(()))
+    require(node, values[2] != 0, "delta must not be 0")
+    return values
+
+
+def range_length(node: Node) -> int:
+    start, limit, delta = range_params(node)
+    return max(int(np.ceil((float(limit) - float(start)) / float(delta))), 0)
+
+
+def infer_range(node: Node) -> list[TensorType]:
+    dtype = node.inputs[0].type.dtype
+    require(node, all(v is not None and v.type.dtype == dtype for v in node.inputs[:3]),
+            "start, limit and delta must have one dtype")
+    return [TensorType(dtype, (range_length(node),))]
+
+
+def reference_range(node: Node, inputs):
+    start, _, delta = (np.asarray(v).reshape(()) for v in inputs)
+    dtype = np.asarray(inputs[0]).dtype
+    return [(start + np.arange(range_length(node)) * delta).astype(dtype)]
+
+
+register("Range", infer_range, reference_range, OpKind.SHAPE, static_inputs=(0, 1, 2))

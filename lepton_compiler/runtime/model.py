@@ -118,7 +118,7 @@ class CompiledModel(ModelSignature):
         with self._load_lock:
             if self._loaded is None:
                 check_runnable(self.target)
-                self._loaded = LoadedCode(self.native.obj, self.target)
+                self._loaded = LoadedCode(self.native.obj, self.target, self.native.entry)
             return self._loaded.entry
 
     def run(self, output_names: Optional[Sequence[str]], feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:

@@ -44,13 +44,45 @@ def _hard_swish(k: KernelBuilder, x, p):
     return k.b.fmul(x, gate)
 
 
+def _elu(k: KernelBuilder, x, p):
+    """``x < 0 ? alpha * (exp(x) - 1) : x`` (the exponent is clamped at 0 so it never overflows)."""
+    zero = k.const_like(x, 0.0)
+    negative = k.b.fcmp_ordered("<", x, zero)
+    e = k.intrinsic("llvm.exp", k.b.select(negative, x, zero))
+    return k.b.select(negative, k.b.fmul(k.const_like(x, p[0]), k.b.fsub(e, k.const_like(x, 1.0))), x)
+
+
+def _selu(k: KernelBuilder, x, p):
+    return k.b.fmul(k.const_like(x, p[1]), _elu(k, x, p[:1]))
+
+
+def _hard_sigmoid(k: KernelBuilder, x, p):
+    return _clip(k, k.b.fadd(k.b.fmul(x, k.const_like(x, p[0])), k.const_like(x, p[1])), [0.0, 1.0])
+
+
+def _libm(name: str) -> ScalarAct:
+    """A one-argument float function of the C library (``erff``), on scalars only."""
+    def emit(k: KernelBuilder, x, p):
+        if isinstance(x.type, ir.VectorType):
+            raise ValueError(f"{name} is emitted on scalars only (libm)")
+        fn = k.module.globals.get(name) or ir.Function(k.module, ir.FunctionType(F32, [F32]), name)
+        return k.b.call(fn, [x])
+    return emit
+
+
+def _intrinsic(name: str) -> ScalarAct:
+    return lambda k, x, p: k.intrinsic(name, x)
+
+
 SCALAR_ACTIVATIONS: dict[str, ScalarAct] = {
     "Relu": _relu, "LeakyRelu": _leaky_relu, "Clip": _clip, "Sigmoid": _sigmoid, "Tanh": _tanh,
-    "HardSwish": _hard_swish,
+    "HardSwish": _hard_swish, "Elu": _elu, "Selu": _selu, "HardSigmoid": _hard_sigmoid,
+    "Exp": _intrinsic("llvm.exp"), "Log": _intrinsic("llvm.log"), "Sqrt": _intrinsic("llvm.sqrt"),
+    "Abs": _intrinsic("llvm.fabs"), "Neg": lambda k, x, p: k.b.fneg(x), "Erf": _libm("erff"),
 }
 
 
-VECTOR_ACTIVATIONS = frozenset(SCALAR_ACTIVATIONS) - {"Tanh"}
+VECTOR_ACTIVATIONS = frozenset(SCALAR_ACTIVATIONS) - {"Tanh", "Erf"}
 """Activations that can be applied to whole vectors."""
 
 

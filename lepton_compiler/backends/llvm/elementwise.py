@@ -7,7 +7,7 @@ from typing import Callable
 import numpy as np
 from llvmlite import ir
 
-from ...ir import Node
+from ...ir import Node, dim_factors, shape_product
 from ...ops.activations import ACTIVATIONS, activation_params
 from ...ops.fused import parse_step
 from .activations import activate
@@ -21,7 +21,12 @@ BINARY_FNS: dict[str, Callable] = {
     "Sub": lambda k, a, b: k.b.fsub(a, b),
     "Mul": lambda k, a, b: k.b.fmul(a, b),
     "Div": lambda k, a, b: k.b.fdiv(a, b),
+    "Max": lambda k, a, b: k.intrinsic("llvm.maximum", a, b),   # NaN in, NaN out (as numpy)
+    "Min": lambda k, a, b: k.intrinsic("llvm.minimum", a, b),
+    "Pow": lambda k, a, b: k.intrinsic("llvm.pow", a, b),
+    "PRelu": lambda k, x, slope: k.b.select(k.b.fcmp_ordered("<", x, k.const_like(x, 0.0)), k.b.fmul(x, slope), x),
 }
+"""Binary ops of the IR and of ``FusedElementwise`` programs (``ops.fused.BINARY``), on scalars or vectors."""
 
 
 def broadcast_strides(k: KernelBuilder, in_shape, out_shape) -> list[ir.Value | int]:
@@ -102,21 +107,30 @@ def lower_fused_elementwise(k: KernelBuilder, node: Node) -> None:
 
 @lowering("BatchNormalization")
 def lower_batchnorm(k: KernelBuilder, node: Node) -> None:
-    """``x * a[c] + b[c]`` with ``a`` and ``b`` folded at compile time when the statistics are constants."""
+    """``x * a[c] + b[c]``: ``a`` and ``b`` folded at compile time when the statistics are
+    constants, else computed per channel at run time."""
     from ...ops.nn import batchnorm_affine
 
     x, y = node.inputs[0], node.outputs[0]
     params = node.inputs[1:5]
-    if not all(p.is_const for p in params):
-        raise NotLowerable("the statistics must be constants")
-    a, b = batchnorm_affine(node, *(p.const for p in params))
-    a_ptr = k.constant(f"{node.name}.scale", a.astype(np.float32))
-    b_ptr = k.constant(f"{node.name}.shift", b.astype(np.float32))
+    folded = all(p.is_const for p in params)
+    if folded:
+        a, b = batchnorm_affine(node, *(p.const for p in params))
+        a_ptr = k.constant(f"{node.name}.scale", a.astype(np.float32))
+        b_ptr = k.constant(f"{node.name}.shift", b.astype(np.float32))
     dims = k.dims(x)
     inner = k.product(dims[2:])
-    with k.loop(dims[0], name="n") as n, k.loop(dims[1], name="c") as c:
-        scale, shift = k.load(a_ptr, c), k.load(b_ptr, c)
-        base = k.b.mul(k.b.add(k.b.mul(n, dims[1]), c), inner)
+    work = dim_factors(shape_product(x.type.shape[2:]))[1]
+    with k.parallel_loop(shape_product(x.type.shape[:2]), work, name="nc") as nc:
+        c = k.b.urem(nc, dims[1])
+        if folded:
+            scale, shift = k.load(a_ptr, c), k.load(b_ptr, c)
+        else:
+            gamma, beta, mean, var = (k.load(k.ptr(p), c) for p in params)
+            root = k.intrinsic("llvm.sqrt", k.b.fadd(var, k.f32(node.attr("epsilon", 1e-5))))
+            scale = k.b.fdiv(gamma, root)
+            shift = k.b.fsub(beta, k.b.fmul(mean, scale))
+        base = k.b.mul(nc, inner)
         with k.loop(inner, name="s") as s:
             at = k.b.add(base, s)
             k.store(k.fma(k.load(k.ptr(x), at), scale, shift), k.ptr(y), at)

@@ -5,6 +5,7 @@ The entry point is::
     void lepton_main(i64 batch, i8** io, i8** consts, i8* workspace,
                      i64 threads, i8** omp, i64* timings)
 
+(``{prefix}_main`` in a C library, see ``export/clib.py``: ``build_module``'s ``entry``).
 ``io`` holds the input then output buffers, ``consts`` the constants, and the
 workspace is one block of ``per_batch * batch + fixed`` bytes for intermediates.
 Kernels with a parallel outer loop are run on ``threads`` threads through
@@ -22,7 +23,7 @@ from llvmlite import ir
 from ...errors import UnsupportedOpError
 from ...ir import Graph, Value, dim_factors
 from ...ops import REGISTRY
-from . import conv, dense, elementwise, layout, softmax  # noqa: F401  (register lowerings)
+from . import conv, conv_transpose, dense, elementwise, layout, norm, pool, reduce, softmax, tensor  # noqa: F401
 from .codegen import I8, I64, LLVM_TYPES, VOID, KernelBuilder, _ident
 from .plan import Plan, Storage, make_plan, size_in_bytes
 from .registry import LOWERINGS, NotLowerable
@@ -43,10 +44,10 @@ OMP_INT = ir.FunctionType(I32, [])
 class EntryBuilder:
     """The entry function: computes buffer addresses and calls (or fans out) each kernel."""
 
-    def __init__(self, module: ir.Module, plan: Plan):
+    def __init__(self, module: ir.Module, plan: Plan, entry: str = ENTRY):
         self.module, self.plan = module, plan
         args = [I64, I8P.as_pointer(), I8P.as_pointer(), I8P, I64, I8P.as_pointer(), I64.as_pointer()]
-        self.fn = ir.Function(module, ir.FunctionType(VOID, args), ENTRY)
+        self.fn = ir.Function(module, ir.FunctionType(VOID, args), entry)
         names = ("batch", "io", "consts", "workspace", "threads", "omp", "timings")
         for arg, name in zip(self.fn.args, names):
             arg.name = name
@@ -149,11 +150,13 @@ class EntryBuilder:
             b.store(t, self._last)
 
 
-def build_module(graph: Graph, target: Target) -> tuple[ir.Module, Plan]:
+def build_module(graph: Graph, target: Target, entry: str = ENTRY) -> tuple[ir.Module, Plan]:
+    """The module and its plan; ``entry`` names the entry point (``{prefix}_main`` for a C library,
+    so that two models link into one program: every other function has internal linkage)."""
     plan = make_plan(graph)
     module = ir.Module(name=graph.name)
     module.triple = target.triple
-    entry = EntryBuilder(module, plan)
+    entry = EntryBuilder(module, plan, entry)
     lanes = target.vector_bits() // 32
 
     def add_constant(name, array):

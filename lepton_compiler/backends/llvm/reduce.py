@@ -1,0 +1,74 @@
+"""Reductions over any set of axes (ReduceSum, ReduceMean, ReduceMax) and LogSoftmax.
+
+A reduction walks its input once in memory order and folds each element into the
+output element it projects to (the output is initialized first; ReduceMean scales it
+at the end), so every axis set reads contiguous memory.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+from ...ir import Node
+from ...ops.reduce import reduce_axes
+from ...ops.shapes import normalize_axis
+from .codegen import KernelBuilder
+from .registry import lowering
+
+
+def row_major_strides(k: KernelBuilder, dims) -> list:
+    strides = [k.i64(1)] * len(dims)
+    for axis in reversed(range(len(dims) - 1)):
+        strides[axis] = k.b.mul(strides[axis + 1], dims[axis + 1])
+    return strides
+
+
+@lowering("ReduceSum", "ReduceMean", "ReduceMax")
+def lower_reduce(k: KernelBuilder, node: Node) -> None:
+    x, y = node.inputs[0], node.outputs[0]
+    axes = set(reduce_axes(node))
+    b = k.b
+    in_dims = k.dims(x)
+    kept = [i for i in range(len(in_dims)) if i not in axes]
+    out_strides = row_major_strides(k, [in_dims[i] for i in kept])
+    out_size = k.product([in_dims[i] for i in kept])
+    is_max = node.op == "ReduceMax"
+    with k.loop(out_size, name="init") as i:
+        k.store(k.f32(float("-inf") if is_max else 0.0), k.ptr(y), i)
+    with k.loops(in_dims, name="r") as index:
+        at = k.i64(0)
+        for axis, stride in zip(kept, out_strides):
+            at = b.add(at, b.mul(index[axis], stride))
+        v = k.load(k.ptr(x), k.linear(index, in_dims))
+        acc = k.load(k.ptr(y), at)
+        k.store(k.max(acc, v) if is_max else b.fadd(acc, v), k.ptr(y), at)
+    if node.op == "ReduceMean" and axes:
+        count = k.product([in_dims[i] for i in sorted(axes)])
+        inverse = b.fdiv(k.f32(1.0), b.uitofp(count, ir.FloatType()))
+        with k.loop(out_size, name="mean") as i:
+            k.store(b.fmul(k.load(k.ptr(y), i), inverse), k.ptr(y), i)
+
+
+@lowering("LogSoftmax")
+def lower_log_softmax(k: KernelBuilder, node: Node) -> None:
+    """``x - max - log(sum(exp(x - max)))`` along one axis."""
+    x, y = node.inputs[0], node.outputs[0]
+    dims = k.dims(x)
+    axis = normalize_axis(node, node.attr("axis", -1), len(dims))
+    outer, length, inner = k.product(dims[:axis]), dims[axis], k.product(dims[axis + 1:])
+    b = k.b
+    with k.loop(outer, name="o") as o, k.loop(inner, name="in") as i:
+        base = b.add(b.mul(o, b.mul(length, inner)), i)
+        src, dst = b.gep(k.ptr(x), [base]), b.gep(k.ptr(y), [base])
+        peak = k.scalar_slot(k.f32(float("-inf")))
+        with k.loop(length, name="mx") as j:
+            b.store(k.max(b.load(peak), k.load(src, b.mul(j, inner))), peak)
+        top = b.load(peak)
+        total = k.scalar_slot(k.f32(0.0))
+        with k.loop(length, name="ex") as j:
+            e = k.intrinsic("llvm.exp", b.fsub(k.load(src, b.mul(j, inner)), top))
+            b.store(b.fadd(b.load(total), e), total)
+        shift = b.fadd(top, k.intrinsic("llvm.log", b.load(total)))
+        with k.loop(length, name="out") as j:
+            at = b.mul(j, inner)
+            k.store(b.fsub(k.load(src, at), shift), dst, at)
