@@ -11,6 +11,8 @@ from .errors import LeptonError
 from .frontends.onnx import ModelSource, import_model, load_onnx
 from .ir import Graph
 from .passes import PassOptions, optimize_graph
+from .runtime.artifact import load as load_artifact
+from .runtime.cache import cache_enabled, cache_key, cached
 from .runtime.model import CompiledModel, TensorInfo
 
 
@@ -70,9 +72,18 @@ def compile(model: ModelSource, target: str = "cpu", opt_level: int = 3, quantiz
     if strict:
         raise LeptonError("strict= applies to target='ort'")
     proto = load_onnx(model)
-    graph = optimize(proto, opt_level, verify=verify, after_pass=after_pass, keep=keep)
-    return compile_graph(graph, proto.SerializeToString(), mcpu=mcpu,
-                         options={"opt_level": opt_level, "threads": threads, "mcpu": mcpu})
+    model_bytes = proto.SerializeToString()
+    options = {"opt_level": opt_level, "threads": threads, "mcpu": mcpu}
+
+    def build() -> CompiledModel:
+        graph = optimize(proto, opt_level, verify=verify, after_pass=after_pass, keep=keep)
+        return compile_graph(graph, model_bytes, mcpu=mcpu, options=options)
+
+    if after_pass is not None or not cache_enabled():
+        return build()
+    settings = {**options, "keep": list(keep or []), "verify": verify}
+    key = cache_key(model_bytes, resolve_target(mcpu).to_json(), settings)
+    return cached(key, build, load=load_artifact, save=lambda m, path: m.save(path))
 
 
 def compile_graph(graph: Graph, model_bytes: bytes = b"", *, mcpu: Optional[str] = None,

@@ -1,8 +1,9 @@
 """The compiled-code cache: the same model, target, settings and lepton source give the same code.
 
-Entries live in memory (the last ``MEMORY_ENTRIES`` compiles of this process) and,
-when ``LEPTON_CACHE_DIR`` names a folder, on disk as ordinary artifacts, so a
-second process skips compilation too. The key is the sha256 of the ONNX bytes,
+Off unless ``LEPTON_CACHE_DIR`` names a folder: then compiled models are kept
+there as ordinary artifacts (so a second process skips compilation) and in
+memory (the last ``MEMORY_ENTRIES`` of this process; an identical compile
+returns the same ``CompiledModel``). The key is the sha256 of the ONNX bytes,
 the target (triple, CPU, features), every compile setting, and a fingerprint of
 lepton's own source files, so a changed compiler never reuses stale code.
 """
@@ -37,6 +38,10 @@ def source_fingerprint() -> str:
             with open(path, "rb") as f:
                 digest.update(f.read())
     return digest.hexdigest()
+
+
+def cache_enabled() -> bool:
+    return bool(os.environ.get("LEPTON_CACHE_DIR"))
 
 
 def cache_key(model_bytes: bytes, target: dict, settings: dict) -> str:
