@@ -19,7 +19,8 @@ import warnings
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # the tests, and the repository's lepton_compiler
 warnings.simplefilter("ignore")  # the test generators' own numpy warnings
 
 from onnx.backend.test.loader import load_node_model_tests  # noqa: E402
