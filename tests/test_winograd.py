@@ -31,6 +31,23 @@ def test_weight_transform_is_g_g_gt_packed_by_lanes():
     assert not u[1, :, :, 4:].any()  # channels 20..31 are padding
 
 
+def test_interior_chunks_of_wide_rows_become_loops():
+    from lepton_compiler.backends.llvm.winograd import WinogradConv
+
+    class Probe(WinogradConv):
+        def __init__(self, node):  # geometry only: no kernel is emitted
+            from lepton_compiler.backends.llvm.conv import conv_parts
+            from lepton_compiler.backends.llvm.winograd import tile_grid
+            self.parts, self.g = conv_parts(node)
+            self.grid = tile_grid(node, self.g)
+
+    padded = Probe(conv_graph(8, 32, (9, 61), {"pads": [1, 1, 1, 1]}).nodes[0])
+    # 31 tiles in chunks of 7: the first touches the left padding, the last ones the row's end
+    assert padded._chunks(7) == [(0, 7, 1), (7, 7, 3), (28, 3, 1)]
+    plain = Probe(conv_graph(16, 16, (6, 44), {}).nodes[0])
+    assert plain._chunks(7) == [(0, 7, 3)]  # 21 tiles, every column inside
+
+
 def test_chosen_only_where_it_saves_work():
     pooled = {"activation": "Relu", "activation_params": [], "pool_kernel": [2, 2], "pool_strides": [2, 2]}
     mnist_conv2 = conv_graph(32, 64, (13, 13), pooled).nodes[0]
@@ -52,6 +69,9 @@ CASES = [
     ("asymmetric-pads", 8, 16, (10, 14), {"pads": [0, 1, 2, 0]}),
     ("pooled-padded", 12, 40, (16, 15), {"pads": [1, 1, 1, 1], "pool_kernel": [2, 2], "pool_strides": [2, 2],
                                          "activation": "Clip", "activation_params": [0.0, 6.0]}),
+    # wide rows: whole chunks of tiles inside the image run in a loop (see WinogradConv._chunks)
+    ("wide", 16, 16, (6, 44), {}),
+    ("wide-padded", 8, 32, (9, 61), {"pads": [1, 1, 1, 1], "activation": "Relu", "activation_params": []}),
 ]
 
 

@@ -126,7 +126,7 @@ class WinogradConv:
     def transform_inputs(self, n, th, v_row) -> None:
         """Vectors over the tiles of a chunk: each input row is loaded once as a vector of the
         columns the chunk reads, Bᵀ combines the four rows, and even/odd lane shuffles do B."""
-        k, g, tw = self.k, self.g, self.grid.tiles_w
+        k, g = self.k, self.g
         b = k.b
         chunk = max(1, (self.lanes - 2) // 2)
         with k.loop(self.channels, name="ic") as ic:
@@ -137,18 +137,50 @@ class WinogradConv:
                 clamped = b.select(inside, ih, k.i64(0))
                 base = b.gep(k.ptr(self.parts.x), [k.linear([n, ic, clamped, 0], [None, self.channels, g.in_h, g.in_w])])
                 rows.append((inside, base))
-            for t0 in range(0, tw, chunk):
-                width = min(chunk, tw - t0)
-                d = [self._row_vector(row, 2 * t0 - g.p_left, 2 * width + 2) for row in rows]
-                q = [b.fsub(d[0], d[2]), b.fadd(d[1], d[2]), b.fsub(d[2], d[1]), b.fsub(d[1], d[3])]
-                for r, vec in enumerate(q):
-                    even, odd = self._lanes(vec, 0, width), self._lanes(vec, 1, width)
-                    even2, odd2 = self._lanes(vec, 2, width), self._lanes(vec, 3, width)
-                    parts = [b.fsub(even, even2), b.fadd(odd, even2), b.fsub(even2, odd), b.fsub(odd, odd2)]
-                    for c, part in enumerate(parts):
-                        at = b.add(b.mul(k.i64((r * 4 + c) * self.channels), k.i64(tw)),
-                                   b.add(b.mul(ic, k.i64(tw)), k.i64(t0)))
-                        k.vstore(part, v_row, at)
+            for t0, width, count in self._chunks(chunk):
+                if count == 1:
+                    self._transform_chunk(v_row, rows, ic, k.i64(t0), width, static_first=2 * t0 - g.p_left)
+                    continue
+                with k.loop(count, name="chunk") as c:
+                    start = b.add(k.i64(t0), b.mul(c, k.i64(chunk)))
+                    self._transform_chunk(v_row, rows, ic, start, width, static_first=None)
+
+    def _chunks(self, chunk: int) -> list[tuple[int, int, int]]:
+        """(first tile, tiles, repeats): runs of whole chunks whose columns are all inside the
+        image become one loop; chunks touching padding or the row's end are emitted alone."""
+        g, tw = self.g, self.grid.tiles_w
+        runs: list[tuple[int, int, int, bool]] = []
+        for t0 in range(0, tw, chunk):
+            width = min(chunk, tw - t0)
+            first = 2 * t0 - g.p_left
+            interior = width == chunk and first >= 0 and first + 2 * width + 2 <= g.in_w
+            last = runs[-1] if runs else None
+            if interior and last and last[3] and last[0] + last[2] * chunk == t0:
+                runs[-1] = (last[0], chunk, last[2] + 1, True)
+            else:
+                runs.append((t0, width, 1, interior))
+        return [(t0, width, count) for t0, width, count, _ in runs]
+
+    def _transform_chunk(self, v_row, rows, ic, t0, width: int, static_first) -> None:
+        """V for ``width`` tiles from tile ``t0``: each input row loaded once as a vector of the
+        columns they read; Bᵀ combines the rows, even/odd lane shuffles apply B."""
+        k, g, tw = self.k, self.g, self.grid.tiles_w
+        b = k.b
+        count = 2 * width + 2
+        if static_first is not None:
+            d = [self._row_vector(row, static_first, count) for row in rows]
+        else:
+            first = b.sub(b.mul(t0, k.i64(2)), k.i64(g.p_left))
+            zero = ir.Constant(ir.VectorType(F32, count), [0.0] * count)
+            d = [b.select(inside, k.vload(base, first, count), zero) for inside, base in rows]
+        q = [b.fsub(d[0], d[2]), b.fadd(d[1], d[2]), b.fsub(d[2], d[1]), b.fsub(d[1], d[3])]
+        for r, vec in enumerate(q):
+            even, odd = self._lanes(vec, 0, width), self._lanes(vec, 1, width)
+            even2, odd2 = self._lanes(vec, 2, width), self._lanes(vec, 3, width)
+            parts = [b.fsub(even, even2), b.fadd(odd, even2), b.fsub(even2, odd), b.fsub(odd, odd2)]
+            for c, part in enumerate(parts):
+                at = b.add(b.mul(k.i64((r * 4 + c) * self.channels), k.i64(tw)), b.add(b.mul(ic, k.i64(tw)), t0))
+                k.vstore(part, v_row, at)
 
     def _row_vector(self, row, first: int, count: int) -> ir.Value:
         """Columns ``first .. first+count-1`` of an input row (zeros for padding and for a row
@@ -204,24 +236,25 @@ class WinogradConv:
         k, g, lanes = self.k, self.g, self.lanes
         b = k.b
         gw = self.blocks * lanes
-        for t in range(self.grid.tiles_w):
+        with k.loop(self.grid.tiles_w, name="t") as t:
             for j in range(self.blocks):
                 block = b.add(b.mul(grp, k.i64(self.blocks)), k.i64(j))
-                m = [k.vload(m_row, (t * 16 + xi) * gw + j * lanes, lanes) for xi in range(16)]
+                base = b.mul(t, k.i64(16 * gw))
+                m = [k.vload(m_row, b.add(base, k.i64(xi * gw + j * lanes)), lanes) for xi in range(16)]
                 y = self._at_m_a(m)
                 bias = k.vload(self.bias, b.mul(block, k.i64(lanes)), lanes)
                 y = [activate(k, self.parts.activation, b.fadd(v, bias), self.parts.activation_params) for v in y]
                 if self.grid.pooled:
                     best = k.max(k.max(y[0], y[1]), k.max(y[2], y[3]))
-                    self._store_lanes(best, n, block, th, k.i64(t), self.grid.tiles_h, self.grid.tiles_w)
+                    self._store_lanes(best, n, block, th, t, self.grid.tiles_h, self.grid.tiles_w)
                     continue
                 for r in range(2):
                     for c in range(2):
-                        if 2 * t + c >= g.out_w:
-                            continue
                         oh = b.add(b.mul(th, k.i64(2)), k.i64(r))
-                        with b.if_then(b.icmp_signed("<", oh, k.i64(g.out_h))):
-                            self._store_lanes(y[2 * r + c], n, block, oh, k.i64(2 * t + c), g.out_h, g.out_w)
+                        ow = b.add(b.mul(t, k.i64(2)), k.i64(c))
+                        inside = b.and_(b.icmp_signed("<", oh, k.i64(g.out_h)), b.icmp_signed("<", ow, k.i64(g.out_w)))
+                        with b.if_then(inside):
+                            self._store_lanes(y[2 * r + c], n, block, oh, ow, g.out_h, g.out_w)
 
     def _at_m_a(self, m) -> list[ir.Value]:
         b = self.k.b
