@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional, Sequence
 
 from .backends.llvm.compiler import compile_ir
 from .backends.llvm.module import ENTRY, build_module
 from .backends.llvm.target import Target, host_target, named_target
-from .errors import LeptonError
+from .errors import LeptonError, ResourceError
 from .frontends.onnx import ModelSource, import_model, load_onnx
 from .ir import Graph
-from .passes import PassOptions, optimize_graph
+from .passes import PassOptions, optimize_graph, passes_for_level
+from .progress import progress
 from .runtime.artifact import load as load_artifact
 from .runtime.cache import cache_enabled, cache_key, cached
+from .runtime.limits import check_initializers, check_plan, parse_size
 from .runtime.model import CompiledModel, TensorInfo
 
 
@@ -33,10 +36,31 @@ def resolve_target(mcpu: Optional[str]) -> Target:
     return host_target() if mcpu is None else named_target(mcpu)
 
 
+def _safety_net(fn):
+    """Every error a user can provoke is raised on purpose as a ``LeptonError`` where it is found;
+    anything else escaping ``compile`` is a bug in lepton, reported as such (a ``LeptonError`` that
+    says "internal error", with the original chained), and running out of memory is a ``ResourceError``."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LeptonError:
+            raise
+        except MemoryError as exc:
+            raise ResourceError(f"out of memory while compiling the model ({exc or 'MemoryError'}); "
+                                "see max_memory=") from exc
+        except Exception as exc:
+            raise LeptonError(f"internal error: {type(exc).__name__}: {exc} (a bug in lepton; please report it "
+                              "with the model)") from exc
+    return wrapper
+
+
+@_safety_net
 def compile(model: ModelSource, target: str = "cpu", opt_level: int = 3, quantize: Optional[str] = None,
             calibration=None, providers=None, threads: Optional[int] = None, *, mcpu: Optional[str] = None,
             verify: bool = False, after_pass: Optional[Callable] = None, provider_options=None,
-            strict: bool = False, ort_optimization: Optional[str] = None, keep: Optional[Sequence[str]] = None):
+            strict: bool = False, ort_optimization: Optional[str] = None, keep: Optional[Sequence[str]] = None,
+            max_memory=None):
     """Compile an ONNX model (path, bytes or ModelProto).
 
     ``target="cpu"``: native code for this CPU (or ``mcpu``); returns a ``CompiledModel``.
@@ -46,6 +70,10 @@ def compile(model: ModelSource, target: str = "cpu", opt_level: int = 3, quantiz
     ``"basic"``); returns an ``OrtModel`` (see ``backends/ort.py``).
     ``keep``: names of intermediate values of the ONNX graph to return as extra outputs, after the
     model's own (``model.run(["conv2_out"], feed)``); an unknown name is a ``LeptonError``.
+    ``max_memory``: the most bytes the model may hold, weights plus one run's workspace and outputs
+    (an int, or a string such as ``"512M"``, ``"4G"``); default ``$LEPTON_MAX_MEMORY``, else the
+    physical memory. A model over it is a ``ResourceError``; a run whose batch would go over it is an
+    ``InputError`` (see ``runtime/limits.py``).
     """
     if target not in ("cpu", "ort"):
         raise LeptonError(f"target {target!r} is not available in this version; use target='cpu' or 'ort'")
@@ -53,6 +81,7 @@ def compile(model: ModelSource, target: str = "cpu", opt_level: int = 3, quantiz
         raise LeptonError(f"quantize={quantize!r} is not available in this version; use quantize=None")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise LeptonError(f"threads must be a positive int or None, not {threads!r}")
+    parse_size(max_memory)
     if target == "ort":
         from .backends.ort import DEFAULT_OPTIMIZATION, SessionSettings, compile_ort, provider_request
         if mcpu is not None:
@@ -60,11 +89,13 @@ def compile(model: ModelSource, target: str = "cpu", opt_level: int = 3, quantiz
         request = provider_request(providers, provider_options, strict)
         settings = SessionSettings(threads, ort_optimization or DEFAULT_OPTIMIZATION)
         proto = load_onnx(model)
+        check_initializers(proto, max_memory)
         graph = optimize(proto, opt_level, verify=verify, after_pass=after_pass, keep=keep)
         return compile_ort(graph, proto.SerializeToString(), request, settings,
                            options={"target": "ort", "opt_level": opt_level, "threads": threads,
                                     "providers": list(request.providers), "provider_options": list(request.options),
-                                    "strict": request.strict, "ort_optimization": settings.optimization})
+                                    "strict": request.strict, "ort_optimization": settings.optimization,
+                                    "max_memory": max_memory})
     for name, value in (("providers", providers), ("provider_options", provider_options),
                         ("ort_optimization", ort_optimization)):
         if value is not None:
@@ -72,12 +103,22 @@ def compile(model: ModelSource, target: str = "cpu", opt_level: int = 3, quantiz
     if strict:
         raise LeptonError("strict= applies to target='ort'")
     proto = load_onnx(model)
+    check_initializers(proto, max_memory)
     model_bytes = proto.SerializeToString()
-    options = {"opt_level": opt_level, "threads": threads, "mcpu": mcpu}
+    options = {"opt_level": opt_level, "threads": threads, "mcpu": mcpu, "max_memory": max_memory}
 
     def build() -> CompiledModel:
-        graph = optimize(proto, opt_level, verify=verify, after_pass=after_pass, keep=keep)
-        return compile_graph(graph, model_bytes, mcpu=mcpu, options=options)
+        stages = len(passes_for_level(opt_level)) + 1
+        with progress(stages, f"compiling {proto.graph.name or 'model'}") as step:
+            def report(p, graph, seconds):
+                step(p.name)
+                if after_pass is not None:
+                    after_pass(p, graph, seconds)
+
+            graph = optimize(proto, opt_level, verify=verify, after_pass=report, keep=keep)
+            model = compile_graph(graph, model_bytes, mcpu=mcpu, options=options)
+            step("native code")
+        return model
 
     if after_pass is not None or not cache_enabled():
         return build()
@@ -92,6 +133,7 @@ def compile_graph(graph: Graph, model_bytes: bytes = b"", *, mcpu: Optional[str]
     ``entry`` names the entry point (see ``backends/llvm/module.py``)."""
     spec = resolve_target(mcpu)
     module, plan = build_module(graph, spec, entry)
+    check_plan(plan, (options or {}).get("max_memory"))
     native = compile_ir(str(module), spec, entry)
     return CompiledModel(
         inputs=[TensorInfo(v.name, v.type.dtype, v.type.shape) for v in graph.inputs],

@@ -34,3 +34,7 @@ class InputError(LeptonError, ValueError):
 
 class ArtifactError(LeptonError):
     """A saved artifact is damaged, of another version, or built for another CPU."""
+
+
+class ResourceError(LeptonError):
+    """A model would need more memory than the limit allows (``max_memory=``, ``LEPTON_MAX_MEMORY``)."""

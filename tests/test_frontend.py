@@ -506,7 +506,8 @@ def test_conv_weight_channels_not_matching_group():
     (lambda: helper.make_node("Add", ["X"], ["Y"], name="n"), r"^node 'n' \(Add\)"),
     (lambda: helper.make_node("Softmax", ["X"], ["Y"], axis=5, name="n"), r"^node 'n' \(Softmax\): axis 5 is out"),
     (lambda: helper.make_node("Softmax", ["X"], ["Y"], axis="one", name="n"), r"^node 'n' \(Softmax\)"),
-    (lambda: helper.make_node("MaxPool", ["X"], ["Y"], name="n"), r"^node 'n' \(MaxPool\): expects \[N, C, spatial"),
+    (lambda: helper.make_node("MaxPool", ["X"], ["Y"], name="n", kernel_shape=[2]),
+     r"^node 'n' \(MaxPool\): expects \[N, C, spatial"),
     (lambda: helper.make_node("Flatten", ["X"], ["Y"], axis=7, name="n"), r"^node 'n' \(Flatten\): axis 7"),
     (lambda: helper.make_node("Gemm", ["X", "X"], ["Y"], name="n"), r"^node 'n' \(Gemm\): inner dims differ"),
 ], ids=["missing_input", "axis_out_of_range", "string_axis", "maxpool_2d_input", "flatten_axis", "gemm_dims"])
@@ -519,7 +520,7 @@ def test_malformed_nodes_raise_model_format_errors(make, message):
 def test_maxpool_without_kernel_shape():
     model = make_model([helper.make_node("MaxPool", ["X"], ["Y"], name="pool")], [("X", ["N", 2, 4, 4])],
                        [("Y", None)], opset=13)
-    with pytest.raises(ShapeError) as info:
+    with pytest.raises(lc.ModelFormatError) as info:
         import_model(model)
     assert str(info.value) == "node 'pool' (MaxPool): kernel_shape attribute is required"
 

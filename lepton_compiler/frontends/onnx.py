@@ -15,11 +15,12 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import helper, numpy_helper
+from onnx import defs, helper, numpy_helper
 
 from ..errors import LeptonError, ModelFormatError, UnsupportedOpError
 from ..ir import Graph, Node, TensorType, Value
 from ..ops import infer_node
+from ..ops.inference import MAX_ELEMENTS, elements_per_item
 from .expand import EXPANSIONS
 
 EXPORT_OPSET = 17
@@ -31,6 +32,7 @@ ModelSource = Union[str, "os.PathLike[str]", bytes, onnx.ModelProto]
 def load_onnx(source: ModelSource) -> onnx.ModelProto:
     """Read a model from a path, bytes or a ModelProto, with project errors for bad input."""
     if isinstance(source, onnx.ModelProto):
+        _check_text(source, "the model")
         return source
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
@@ -51,12 +53,30 @@ def load_onnx(source: ModelSource) -> onnx.ModelProto:
         raise ModelFormatError(f"{where} is not an ONNX model: {exc}") from None
     if not model.HasField("graph") or model.ir_version <= 0:
         raise ModelFormatError(f"{where} is not an ONNX model (no graph or IR version)")
+    _check_text(model, where)
     if isinstance(source, (str, os.PathLike)) and _uses_external_data(model):
         try:
             onnx.load_external_data_for_model(model, os.path.dirname(os.path.abspath(where)))
         except (OSError, ValueError) as exc:
             raise ModelFormatError(f"cannot load the external data of '{where}': {exc}") from None
     return model
+
+
+def _check_text(message, where: str) -> None:
+    """Refuse string fields (names, op types, domains, dim params) that are not valid UTF-8: protobuf
+    then hands them over as bytes, which no part of lepton expects."""
+    for field, value in message.ListFields():
+        if field.type not in (field.TYPE_STRING, field.TYPE_MESSAGE):
+            continue
+        repeated = getattr(field, "is_repeated", None)
+        if repeated is None:  # protobuf before 5
+            repeated = field.label == field.LABEL_REPEATED
+        for item in (value if repeated else [value]):
+            if field.type == field.TYPE_MESSAGE:
+                _check_text(item, where)
+            elif isinstance(item, bytes):
+                raise ModelFormatError(f"{where} is not a valid ONNX model: a {field.containing_type.name} "
+                                       f"{field.name} is not UTF-8 text ({item[:40]!r})")
 
 
 def _uses_external_data(model: onnx.ModelProto) -> bool:
@@ -112,6 +132,7 @@ class ImportContext:
         """Add an IR node; outputs get placeholder types until inference runs."""
         outputs = []
         for out in output_names:
+            out = out or self.fresh(f"{name}_unused_output")  # an optional output left out
             value = Value(out, TensorType("float32", ()))
             if out in self.values:
                 raise ModelFormatError(f"value '{out}' is defined more than once")
@@ -466,9 +487,68 @@ def _value_type(info: onnx.ValueInfoProto) -> TensorType:
                 shape.append(dim.dim_value)
             else:
                 shape.append(dim.dim_param or f"{info.name}_dim{i}")
-        return TensorType(dtype, tuple(shape))
+        t = TensorType(dtype, tuple(shape))
     except (KeyError, ValueError, TypeError):
         raise ModelFormatError(f"input '{info.name}' has unsupported element type {tensor.elem_type}") from None
+    if elements_per_item(t) > MAX_ELEMENTS:
+        raise ModelFormatError(f"input '{info.name}' is {t}: more than {MAX_ELEMENTS:,} elements per batch item")
+    return t
+
+
+def _count(low: int, high: int) -> str:
+    if high >= 2**31 - 1:
+        return f"at least {low}"
+    return str(low) if low == high else f"{low} to {high}"
+
+
+def _check_schema(ctx: "ImportContext", proto: onnx.NodeProto, name: str, opset: int) -> None:
+    """Check a node of the default domain against its ONNX schema at the model's opset: the number of
+    inputs and outputs, that required ones are not empty, the element types of the inputs (allowed, and
+    the same where the spec says so), required attributes and attribute types; so that no converter,
+    type rule or kernel meets an int32 bias or a string where the spec says int."""
+    if proto.domain not in ("", "ai.onnx"):
+        return
+    try:
+        schema = defs.get_schema(proto.op_type, opset, "")
+    except defs.SchemaError:
+        return  # not a standard op at this opset: _check_supported has said so, or a converter knows it
+    where = f"node '{name}' ({proto.op_type})"
+    optional = defs.OpSchema.FormalParameterOption.Optional
+    for kind, given, formal, low, high in (("inputs", proto.input, schema.inputs, schema.min_input, schema.max_input),
+                                           ("outputs", proto.output, schema.outputs, schema.min_output,
+                                            schema.max_output)):
+        if not low <= len(given) <= high:
+            raise ModelFormatError(f"{where}: has {len(given)} {kind}; {proto.op_type} (opset {opset}) takes "
+                                   f"{_count(low, high)}")
+        for i, value in enumerate(given):
+            param = formal[min(i, len(formal) - 1)] if formal else None
+            if value == "" and param is not None and param.option != optional:
+                raise ModelFormatError(f"{where}: {kind[:-1]} {i} ('{param.name}') is required but has no name")
+    allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+    bound: dict[str, str] = {}
+    for i, value_name in enumerate(proto.input):
+        value = ctx.values.get(value_name) if value_name else None
+        if value is None or not schema.inputs:
+            continue
+        param = schema.inputs[min(i, len(schema.inputs) - 1)]
+        code = helper.np_dtype_to_tensor_dtype(np.dtype(value.type.dtype))
+        onnx_type = f"tensor({onnx.TensorProto.DataType.Name(code).lower()})"
+        if onnx_type not in allowed.get(param.type_str, {param.type_str}):
+            raise ModelFormatError(f"{where}: input {i} ('{param.name}') is {value.type.dtype}, which "
+                                   f"{proto.op_type} does not take")
+        if bound.setdefault(param.type_str, onnx_type) != onnx_type:
+            raise ModelFormatError(f"{where}: input {i} ('{param.name}') is {value.type.dtype}, but another "
+                                   f"input of type {param.type_str} is {bound[param.type_str][7:-1]}")
+    names = onnx.AttributeProto.AttributeType
+    for attr in proto.attribute:
+        spec = schema.attributes.get(attr.name)
+        if spec is not None and attr.type != int(spec.type.value):
+            raise ModelFormatError(f"{where}: attribute '{attr.name}' must be {names.Name(int(spec.type.value))}"
+                                   f", not {names.Name(attr.type) if attr.type in names.values() else attr.type}")
+    given = {attr.name for attr in proto.attribute}
+    missing = [key for key, spec in schema.attributes.items() if spec.required and key not in given]
+    if missing:
+        raise ModelFormatError(f"{where}: {missing[0]} attribute is required")
 
 
 def _check_supported(model: onnx.ModelProto, opset: int) -> None:
@@ -498,8 +578,9 @@ def import_model(source: ModelSource) -> Graph:
         ctx.define(init.name, value)
         ctx.constants.append(value)
     inputs = []
+    initializers = {init.name for init in g.initializer}
     for info in g.input:
-        if info.name in ctx.values:
+        if info.name in initializers:
             continue  # opsets before 9 list initializers as inputs too
         value = Value(info.name, _value_type(info))
         ctx.define(info.name, value)
@@ -507,6 +588,7 @@ def import_model(source: ModelSource) -> Graph:
     for i, proto in enumerate(_topological(g)):
         name = ctx.fresh(proto.name or f"{proto.op_type}_{i}")
         try:
+            _check_schema(ctx, proto, name, opset)
             attrs = {a.name: _attribute(a, name) for a in proto.attribute}
             domain = proto.domain if proto.domain != "ai.onnx" else ""
             first_new = len(ctx.nodes)

@@ -7,11 +7,21 @@ from typing import Optional
 import numpy as np
 
 from ..errors import LeptonError
-from ..ir import Graph, Node, TensorType
+from ..ir import Graph, Node, TensorType, dim_factors, shape_product
 from .registry import REGISTRY, ShapeError, require
 
 KNOWN_LIMIT = 4096
 """Largest tensor (in elements) whose contents inference computes at compile time."""
+
+MAX_ELEMENTS = 1 << 32
+"""Most elements a tensor may have, not counting the batch (16 GiB of float32). A larger one comes
+from a malformed model (an absurd dim, pad or shape); the bound also keeps every index of generated
+code far from overflowing 64 bits (the batch is bounded by the memory limit)."""
+
+
+def elements_per_item(t: TensorType) -> int:
+    """Elements of ``t`` with its symbolic dims (the batch) counted as 1."""
+    return dim_factors(shape_product(t.shape))[1]
 
 
 def infer_node(node: Node) -> None:
@@ -26,6 +36,8 @@ def infer_node(node: Node) -> None:
     require(node, len(types) == len(node.outputs), f"has {len(node.outputs)} outputs, expected {len(types)}")
     for value, t in zip(node.outputs, types):
         require(node, all(isinstance(d, str) or d >= 0 for d in t.shape), f"negative dim in {t}")
+        require(node, elements_per_item(t) <= MAX_ELEMENTS,
+                f"output '{value.name}' would be {t}: more than {MAX_ELEMENTS:,} elements per batch item")
         value.type = t
     known = _known_outputs(node)
     for value, k in zip(node.outputs, known or [None] * len(node.outputs)):

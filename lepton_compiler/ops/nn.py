@@ -163,7 +163,7 @@ def reference_softmax(node: Node, inputs):
     x = inputs[0]
     axis = normalize_axis(node, node.attr("axis", -1), x.ndim)
     x64 = x.astype(np.float64)
-    e = np.exp(x64 - x64.max(axis=axis, keepdims=True))
+    e = np.exp(x64 - x64.max(axis=axis, keepdims=True, initial=-np.inf))
     return [(e / e.sum(axis=axis, keepdims=True)).astype(x.dtype)]
 
 
@@ -202,7 +202,7 @@ register("BatchNormalization", infer_batchnorm, reference_batchnorm, OpKind.ELEM
 def reference_log_softmax(node: Node, inputs):
     x = inputs[0]
     axis = normalize_axis(node, node.attr("axis", -1), x.ndim)
-    shifted = x.astype(np.float64) - x.astype(np.float64).max(axis=axis, keepdims=True)
+    shifted = x.astype(np.float64) - x.astype(np.float64).max(axis=axis, keepdims=True, initial=-np.inf)
     return [(shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))).astype(x.dtype)]
 
 

@@ -78,7 +78,8 @@ register("GlobalAveragePool", infer_global_pool,
          lambda node, inputs: [inputs[0].astype(np.float64).mean(axis=_spatial_axes(inputs[0]), keepdims=True)
                                .astype(inputs[0].dtype)], OpKind.REDUCTION)
 register("GlobalMaxPool", infer_global_pool,
-         lambda node, inputs: [inputs[0].max(axis=_spatial_axes(inputs[0]), keepdims=True)], OpKind.REDUCTION)
+         lambda node, inputs: [inputs[0].max(axis=_spatial_axes(inputs[0]), keepdims=True, initial=-np.inf)],
+         OpKind.REDUCTION)
 
 
 # -- LRN -----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from ..ir import Dim, Node, Sym, TensorType
+from .inference import MAX_ELEMENTS
 from .registry import require
 
 
@@ -81,6 +82,9 @@ def window(node: Node, spatial: Sequence[int], kernel: Sequence[int], ceil_mode:
     require(node, len(dilations) == nd and all(d >= 1 for d in dilations), f"invalid dilations {list(dilations)}")
     require(node, all(k >= 1 for k in kernel), f"invalid kernel shape {list(kernel)}")
     require(node, len(pads) == 2 * nd and all(p >= 0 for p in pads), f"invalid pads {pads}")
+    require(node, max([*kernel, *strides, *dilations, *pads]) <= MAX_ELEMENTS,
+            f"kernel {list(kernel)}, strides {list(strides)}, dilations {list(dilations)} or pads {pads} "
+            f"exceed {MAX_ELEMENTS:,}")
     span = [d * (k - 1) + 1 for k, d in zip(kernel, dilations)]
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         out = [math.ceil(i / s) for i, s in zip(spatial, strides)]
@@ -94,6 +98,11 @@ def window(node: Node, spatial: Sequence[int], kernel: Sequence[int], ceil_mode:
     else:
         require(node, auto_pad == "NOTSET", f"unknown auto_pad {auto_pad!r}")
     begin, end = pads[:nd], pads[nd:]
+    for axis, (i, k, b, e) in enumerate(zip(spatial, span, begin, end)):
+        # Outputs beyond the input and a whole window read nothing but padding; such pads come from a
+        # malformed model (and would make code generation, which unrolls the border, unbounded).
+        require(node, isinstance(i, str) or (b < i + k and e < i + k),
+                f"pads {pads} reach beyond the input ({i}) and the kernel extent ({k}) in spatial dim {axis}")
     out = []
     for i, s, k, b, e in zip(spatial, strides, span, begin, end):
         room = i + b + e - k

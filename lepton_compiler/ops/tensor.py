@@ -43,7 +43,8 @@ def infer_flatten(node: Node) -> list[TensorType]:
 def reference_flatten(node: Node, inputs):
     x = inputs[0]
     axis = node.attr("axis", 1) % max(x.ndim, 1) if node.attr("axis", 1) < 0 else node.attr("axis", 1)
-    return [x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), -1)]
+    # both sizes explicit: numpy cannot infer a -1 next to a 0 (a zero-size tensor)
+    return [x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), int(np.prod(x.shape[axis:], dtype=np.int64)))]
 
 
 register("Flatten", infer_flatten, reference_flatten, OpKind.VIEW)
@@ -82,6 +83,7 @@ def reshape_target(node: Node, in_shape, target) -> tuple:
 def infer_reshape(node: Node) -> list[TensorType]:
     x = node.inputs[0].type
     target = known_ints(node, 1, "shape")
+    require(node, node.inputs[1].type.rank == 1, f"the shape input must be 1-D, not {node.inputs[1].type}")
     return [TensorType(x.dtype, reshape_target(node, x.shape, target))]
 
 

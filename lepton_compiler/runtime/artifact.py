@@ -16,8 +16,10 @@ import hashlib
 import io
 import json
 import os
+import stat
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -25,6 +27,7 @@ from .. import __version__
 from ..backends.llvm.compiler import NativeCode
 from ..backends.llvm.target import Target, check_runnable
 from ..errors import ArtifactError, LeptonError
+from .limits import format_bytes, limit_source, resolve_limit
 from .model import CompiledModel, TensorInfo
 
 FORMAT = "lepton-artifact"
@@ -107,26 +110,66 @@ def _ort_contents(model) -> tuple[dict, dict[str, bytes]]:
     return manifest, payload
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` sets it, racing other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 def _write(manifest: dict, payload: dict[str, bytes], path) -> None:
+    """Write to a temporary file beside the destination, flushed to disk, then rename it over the
+    destination: a failure or a crash at any point leaves the old file whole (or no file), never a
+    partial one. A symbolic link is followed (its target is replaced); the file keeps the mode of the
+    one it replaces, or gets the umask's default."""
     manifest["manifest_sha256"] = manifest_digest(manifest)
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
+    destination = os.path.realpath(path)
+    directory = os.path.dirname(destination)
+    try:
+        mode = stat.S_IMODE(os.stat(destination).st_mode)
+    except OSError:
+        mode = 0o666 & ~_umask()
     try:
         fd, tmp = tempfile.mkstemp(prefix=".lepton-", suffix=".tmp", dir=directory)
     except OSError as exc:
         raise LeptonError(f"cannot write '{path}': {exc.strerror or exc}") from None
     try:
-        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as zf:
-            zf.writestr(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
-            for name, data in payload.items():
-                zf.writestr(name, data)
-        os.replace(tmp, path)  # the old file stays whole until the new one is
+        with os.fdopen(fd, "wb") as f:
+            with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as zf:
+                zf.writestr(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+                for name, data in payload.items():
+                    zf.writestr(name, data)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.chmod(tmp, mode)
+        os.replace(tmp, destination)  # the old file stays whole until the new one is
+        _sync_directory(directory)
     except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(exc, OSError):
             raise LeptonError(f"cannot write '{path}': {exc.strerror or exc}") from None
         raise
+
+
+def _sync_directory(directory: str) -> None:
+    """Make the rename durable (best effort: not every platform can open a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def manifest_digest(manifest: dict) -> str:
@@ -136,22 +179,42 @@ def manifest_digest(manifest: dict) -> str:
     return _sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
+MANIFEST_LIMIT = 64 << 20
+"""Largest manifest read (bytes, uncompressed); a real one is a few kilobytes to a few hundred."""
+
+
 def _read(path) -> tuple[dict, dict[str, bytes]]:
+    """The manifest and the payload files it lists (nothing else is read). Sizes are checked from the
+    zip's directory before anything is decompressed, so a damaged or hostile archive that claims
+    gigabytes is refused instead of exhausting memory."""
+    where = os.fspath(path)
     try:
-        with zipfile.ZipFile(os.fspath(path)) as zf:
-            files = {name: zf.read(name) for name in zf.namelist()}
+        with zipfile.ZipFile(where) as zf:
+            infos = {info.filename: info for info in zf.infolist()}
+            if MANIFEST not in infos:
+                raise ArtifactError(f"'{where}' has no manifest; it is not a lepton artifact")
+            if infos[MANIFEST].file_size > MANIFEST_LIMIT:
+                raise ArtifactError(f"'{where}' is damaged: its manifest claims {infos[MANIFEST].file_size:,} bytes")
+            try:
+                manifest = json.loads(zf.read(MANIFEST))
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise ArtifactError(f"the manifest of '{where}' is not valid JSON: {exc}") from None
+            if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+                raise ArtifactError(f"'{where}' is not a lepton artifact")
+            listed = manifest.get("payload")
+            wanted = [name for name in listed if name in infos] if isinstance(listed, dict) else []
+            total = sum(infos[name].file_size for name in wanted)
+            limit = resolve_limit(None)
+            if total > limit:
+                raise ArtifactError(f"'{where}' would take {format_bytes(total)} to load, more than the memory "
+                                    f"limit of {format_bytes(limit)} ({limit_source(None)}): it is damaged, or "
+                                    "too large for this machine")
+            files = {name: zf.read(name) for name in wanted}
     except FileNotFoundError:
-        raise ArtifactError(f"no such artifact: '{os.fspath(path)}'") from None
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError) as exc:
-        raise ArtifactError(f"'{os.fspath(path)}' is not a lepton artifact or is damaged: {exc}") from None
-    if MANIFEST not in files:
-        raise ArtifactError(f"'{os.fspath(path)}' has no manifest; it is not a lepton artifact")
-    try:
-        manifest = json.loads(files[MANIFEST])
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"the manifest of '{os.fspath(path)}' is not valid JSON: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ArtifactError(f"'{os.fspath(path)}' is not a lepton artifact")
+        raise ArtifactError(f"no such artifact: '{where}'") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, ValueError, OSError,
+            NotImplementedError, RuntimeError) as exc:
+        raise ArtifactError(f"'{where}' is not a lepton artifact or is damaged: {exc}") from None
     return manifest, files
 
 
@@ -165,7 +228,7 @@ def load(path):
     if manifest.get("manifest_sha256") != manifest_digest(manifest):
         raise ArtifactError(f"'{where}' is damaged: the manifest checksum does not match")
     backend = manifest.get("backend", "cpu")
-    if backend not in BACKENDS:
+    if not isinstance(backend, str) or backend not in BACKENDS:
         raise ArtifactError(f"'{where}' is for backend {backend!r}, which this lepton does not know "
                             f"(it knows {', '.join(BACKENDS)}): recompile the model")
     try:
@@ -179,7 +242,7 @@ def load(path):
         return BACKENDS[backend][1](manifest, files, where)
     except LeptonError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, IndexError) as exc:
         raise ArtifactError(f"the manifest of '{where}' is malformed: {exc!r}") from None
 
 

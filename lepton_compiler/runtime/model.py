@@ -14,11 +14,12 @@ import numpy as np
 from ..backends.llvm.compiler import LoadedCode, NativeCode
 from ..backends.llvm.module import OMP_FUNCTIONS
 from ..backends.llvm.target import check_runnable
-from ..errors import InputError
+from ..errors import InputError, ResourceError
 from ..ir import Dim, eval_dim
 from .signature import ModelSignature
 
 WORKSPACE_ALIGN = 64
+GOMP_SPINCOUNT = 0
 _omp_lock = threading.Lock()
 _omp_table = None
 
@@ -38,6 +39,13 @@ def parallel_runtime():
     global _omp_table
     with _omp_lock:
         if _omp_table is None:
+            if "OMP_WAIT_POLICY" not in os.environ:
+                # libgomp's default spin (300,000 rounds) makes a waiting thread hold its core:
+                # on a busy machine the thread that still has work then waits for a time slice,
+                # and a 25 µs run takes milliseconds. Waiting threads sleep instead; kernels
+                # are only split when they have enough work to cover the wake-up
+                # (backends/llvm/module.py, PARALLEL_MIN_WORK).
+                os.environ.setdefault("GOMP_SPINCOUNT", str(GOMP_SPINCOUNT))
             try:
                 lib = ctypes.CDLL(ctypes.util.find_library("gomp") or "libgomp.so.1")
                 addresses = [ctypes.cast(getattr(lib, name), ctypes.c_void_p).value for name in OMP_FUNCTIONS]
@@ -136,9 +144,15 @@ class CompiledModel(ModelSignature):
     def _run(self, output_names, feed, timings) -> list[np.ndarray]:
         wanted = self._select_outputs(output_names)
         arrays, batch = self._check_feed(feed)
-        outs = [np.empty(shape, dtype) for shape, dtype in self._output_layouts(batch)]
+        try:
+            outs = [np.empty(shape, dtype) for shape, dtype in self._output_layouts(batch)]
+            base = self._workspace_for(batch)
+        except MemoryError:
+            per_batch, fixed, _ = self._memory_rule()
+            raise ResourceError(f"out of memory: {self.batch_symbol or 'the batch'}={batch} needs "
+                                f"{per_batch * batch + fixed:,} bytes; run it in smaller batches, or set "
+                                "max_memory to what this machine can spare") from None
         io = (ctypes.c_void_p * (len(arrays) + len(outs)))(*[a.ctypes.data for a in arrays + outs])
-        base = self._workspace_for(batch)
         omp = parallel_runtime() if self.threads > 1 else None
         self._entry()(batch, io, self._const_table, base, self.threads, omp, timings)
         return [outs[i] for i in wanted]
@@ -162,6 +176,13 @@ class CompiledModel(ModelSignature):
             base = raw.ctypes.data
             cached = self._scratch.workspace = (batch, raw, base + (-base) % WORKSPACE_ALIGN)
         return cached[2]
+
+    def _run_bytes(self) -> tuple[int, int]:
+        """Weights, workspace and outputs of one run, as ``(per_batch, fixed)`` bytes (see ModelSignature)."""
+        out_per_batch, out_fixed = super()._run_bytes()
+        weights = sum(int(c.nbytes) for c in self.constants)
+        per_batch, fixed = self.workspace
+        return per_batch + out_per_batch, fixed + WORKSPACE_ALIGN + out_fixed + weights
 
     def _check_batch(self, batch: int) -> None:
         """The batch sizes the generated kernels allow (``_check_feed`` of ModelSignature does the rest)."""

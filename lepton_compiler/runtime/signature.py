@@ -12,6 +12,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from ..errors import InputError
+from .limits import ADDRESSABLE, Size, format_bytes, limit_source, linear_bytes, resolve_limit
 
 
 def _shape_str(shape) -> str:
@@ -52,7 +53,7 @@ class ModelSignature:
     def _select_outputs(self, names: Optional[Sequence[str]]) -> list[int]:
         if names is None:
             return list(range(len(self._outputs)))
-        if isinstance(names, str):
+        if isinstance(names, (str, bytes)) or not isinstance(names, Sequence):
             raise InputError("output_names must be a list of names or None")
         index = {info.name: i for i, info in enumerate(self._outputs)}
         unknown = [n for n in names if n not in index]
@@ -66,6 +67,7 @@ class ModelSignature:
         fast = self._fast_feed(feed)
         if fast is not None:
             self._check_batch(fast[1])
+            self._check_memory(fast[1])
             return fast
         return self._full_check_feed(feed)
 
@@ -128,10 +130,52 @@ class ModelSignature:
                 elif want != got:
                     raise InputError(f"input '{info.name}' has shape {_shape_str(array.shape)}; dim {axis} must be "
                                      f"{want} (the model expects {_shape_str(info.shape)})")
-            arrays.append(np.require(array, requirements="CA"))
+            arrays.append(array)
         batch = sizes.get(self.batch_symbol, next(iter(sizes.values()), 1))
         self._check_batch(batch)
-        return arrays, batch
+        # a view (np.broadcast_to, a stride of 0) can stand for a huge batch in a few bytes: its
+        # contiguous copy and the run's own memory are counted before anything is allocated
+        copies = sum(int(a.nbytes) for a in arrays if not (a.flags.c_contiguous and a.flags.aligned))
+        self._check_memory(batch, copies)
+        return [np.require(a, requirements="CA") for a in arrays], batch
 
     def _check_batch(self, batch: int) -> None:
         """Backend-specific limits on the batch size (raise ``InputError``); none by default."""
+
+    # -- the memory limit (runtime/limits.py) ----------------------------------------------------------
+    @property
+    def max_memory(self) -> int:
+        """The memory limit in bytes that runs are checked against: weights plus one run's workspace,
+        outputs and input copies (``max_memory=`` at compile time, else ``$LEPTON_MAX_MEMORY``, else the
+        physical memory). Assign bytes (or a string such as ``"2G"``, or None for the default) to change it."""
+        return self._memory_rule()[2]
+
+    @max_memory.setter
+    def max_memory(self, value: Size) -> None:
+        resolve_limit(value)  # a LeptonError for a bad value, before anything changes
+        self.options = {**getattr(self, "options", {}), "max_memory": value}
+        self._memory_cache = None
+
+    def _run_bytes(self) -> tuple[int, int]:
+        """Bytes one run holds besides its inputs, as ``(per_batch, fixed)``: the outputs by default."""
+        return linear_bytes(self._outputs)
+
+    def _memory_rule(self) -> tuple[int, int, int]:
+        rule = self.__dict__.get("_memory_cache")
+        if rule is None:
+            per_batch, fixed = self._run_bytes()
+            rule = self._memory_cache = (per_batch, fixed,
+                                         resolve_limit(getattr(self, "options", {}).get("max_memory")))
+        return rule
+
+    def _check_memory(self, batch: int, copies: int = 0) -> None:
+        """Refuse (``InputError``) a run that would need more than the memory limit, before allocating."""
+        per_batch, fixed, limit = self._memory_rule()
+        need = per_batch * batch + fixed + copies
+        if need > limit or need > ADDRESSABLE:
+            what = "weights, workspace and outputs" if not copies else \
+                "weights, workspace, outputs and a contiguous copy of the inputs"
+            raise InputError(f"{self.batch_symbol or 'the batch'}={batch} would need {format_bytes(need)} for the "
+                             f"{what}; the memory limit is {format_bytes(limit)} "
+                             f"({limit_source(getattr(self, 'options', {}).get('max_memory'))}): "
+                             "run it in smaller batches")

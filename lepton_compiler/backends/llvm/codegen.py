@@ -234,8 +234,11 @@ class KernelBuilder:
         return self.intrinsic("llvm.fmuladd", a, b, c)
 
     def max(self, acc: ir.Value, x: ir.Value) -> ir.Value:
-        """``x > acc ? x : acc``: a running maximum (compiles to ``vmaxps``)."""
-        return self.b.select(self.b.fcmp_ordered(">", x, acc), x, acc)
+        """A running maximum that propagates NaN (as numpy and the reference interpreter do):
+        ``x > acc ? x : acc`` (``vmaxps``) keeps a NaN ``acc``, and a NaN ``x`` is taken over it;
+        without the second select a window of NaNs would come out as the initial -inf."""
+        larger = self.b.select(self.b.fcmp_ordered(">", x, acc), x, acc)
+        return self.b.select(self.b.fcmp_unordered("uno", x, x), x, larger)
 
     def finish(self) -> ir.Function:
         self.b.ret_void()

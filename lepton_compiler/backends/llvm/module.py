@@ -31,8 +31,9 @@ from .target import Target
 
 ENTRY = "lepton_main"
 OMP_FUNCTIONS = ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")
-PARALLEL_MIN_WORK = 100_000
-"""Multiply-adds below which a kernel runs on one thread: waking the team costs a few µs."""
+PARALLEL_MIN_WORK = 4_000_000
+"""Multiply-adds below which a kernel runs on one thread: waking sleeping threads costs
+microseconds (about what 4 M multiply-adds take on one core)."""
 
 I8P = I8.as_pointer()
 I32 = ir.IntType(32)

@@ -11,6 +11,7 @@ import llvmlite.binding as llvm
 from ...errors import ArtifactError, LeptonError
 
 _init_lock = threading.Lock()
+_probe_lock = threading.Lock()
 _initialized = False
 
 # Features implied by the generic x86-64 levels, so artifacts built for them can be checked.
@@ -89,13 +90,15 @@ def named_target(cpu: str) -> Target:
     return Target(host.triple, cpu, features)
 
 
+@lru_cache(maxsize=None)
 def _is_known_cpu(triple: str, cpu: str) -> bool:
     """LLVM only warns on stderr about an unknown CPU name (and then codes for a generic one);
-    capture that warning to turn it into an error."""
+    capture that warning to turn it into an error. File descriptor 2 is process-wide: one thread at
+    a time (two interleaved captures would leave stderr pointing at a deleted temporary file)."""
     import os
     import tempfile
 
-    with tempfile.TemporaryFile() as capture:
+    with _probe_lock, tempfile.TemporaryFile() as capture:
         saved = os.dup(2)
         try:
             os.dup2(capture.fileno(), 2)
