@@ -81,18 +81,10 @@ def node_params(node: Node) -> int:
 
 # -- kernel variants -------------------------------------------------------------------------------
 def conv_variant(node: Node, lanes: int) -> str:
-    """The convolution kernel ``backends/llvm/conv.py:lower_conv`` picks (same tests, same order)."""
-    from ..backends.llvm.conv_simd import simd_supported
-    from ..backends.llvm.winograd import winograd_pays, winograd_supported
+    """The convolution kernel the backend picks (``backends/llvm/conv.py:choose_conv_kernel``)."""
+    from ..backends.llvm.conv import choose_conv_kernel
 
-    try:
-        if winograd_supported(node, lanes) and winograd_pays(node):
-            return "winograd"
-        if simd_supported(node, lanes):
-            return "simd"
-    except Exception:  # a layout the fast kernels do not describe: lower_conv falls back the same way
-        pass
-    return "direct"
+    return choose_conv_kernel(node, lanes)
 
 
 VARIANTS: dict[str, Callable[[Node, int], str]] = {"Conv": conv_variant, "FusedConv": conv_variant}

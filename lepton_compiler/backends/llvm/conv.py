@@ -138,16 +138,29 @@ def conv_parts(node: Node) -> tuple[ConvParts, Geometry2D]:
 
 @lowering("Conv", "FusedConv")
 def lower_conv(k: KernelBuilder, node: Node) -> None:
-    from .conv_simd import SimdConv, simd_supported
-    from .winograd import WinogradConv, winograd_pays, winograd_supported
+    from .conv_simd import SimdConv
+    from .winograd import WinogradConv
 
-    if winograd_supported(node, k.lanes) and winograd_pays(node):
+    variant = choose_conv_kernel(node, k.lanes)
+    if variant == "winograd":
         WinogradConv(k, node, k.lanes, k.registers).emit()
-        return
-    if simd_supported(node, k.lanes):
+    elif variant == "simd":
         SimdConv(k, node, k.lanes, k.registers).emit()
-        return
-    lower_direct_conv(k, node)
+    else:
+        lower_direct_conv(k, node)
+
+
+def choose_conv_kernel(node: Node, lanes: int) -> str:
+    """"winograd", "simd" or "direct": the kernel a Conv/FusedConv gets on a target with
+    ``lanes`` floats per vector (``lepton inspect`` reports the same choice)."""
+    from .conv_simd import simd_supported
+    from .winograd import winograd_pays, winograd_supported
+
+    if winograd_supported(node, lanes) and winograd_pays(node):
+        return "winograd"
+    if simd_supported(node, lanes):
+        return "simd"
+    return "direct"
 
 
 def lower_direct_conv(k: KernelBuilder, node: Node) -> None:
