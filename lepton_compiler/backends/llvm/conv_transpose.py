@@ -10,41 +10,16 @@ independent, which is what a parallel outer loop needs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ...ir import Node, shape_product
-from ...ops.nn import TransposedWindow, conv_transpose_window
+from ...ops.nn import conv_transpose_window
 from .codegen import KernelBuilder
-from .registry import NotLowerable, lowering
+from .conv import Geometry2D
+from .registry import lowering
 
 
-@dataclass(frozen=True)
-class TransposedGeometry2D:
-    """A 1-D or 2-D transposed window seen as 2-D (a 1-D one gets a height of 1)."""
-
-    in_h: int
-    in_w: int
-    out_h: int
-    out_w: int
-    k_h: int
-    k_w: int
-    s_h: int
-    s_w: int
-    d_h: int
-    d_w: int
-    p_top: int
-    p_left: int
-
-    @classmethod
-    def of(cls, spatial: tuple, win: TransposedWindow) -> "TransposedGeometry2D":
-        if len(spatial) == 1:
-            return cls(1, spatial[0], 1, win.out[0], 1, win.kernel[0], 1, win.strides[0], 1, win.dilations[0],
-                       0, win.pads_begin[0])
-        if len(spatial) == 2:
-            return cls(spatial[0], spatial[1], win.out[0], win.out[1], win.kernel[0], win.kernel[1],
-                       win.strides[0], win.strides[1], win.dilations[0], win.dilations[1],
-                       win.pads_begin[0], win.pads_begin[1])
-        raise NotLowerable(f"{len(spatial)}-D windows are not supported by the cpu backend")
+class TransposedGeometry2D(Geometry2D):
+    """A 1-D or 2-D transposed window seen as 2-D; the fields mean what they do for a conv,
+    with input and output swapping roles in ``column_range``."""
 
     def column_range(self, kw: int) -> tuple[int, int]:
         """Input columns ``[lo, hi)`` whose output column for kernel column ``kw`` is inside the output."""
@@ -58,7 +33,7 @@ class TransposedGeometry2D:
 def lower_conv_transpose(k: KernelBuilder, node: Node) -> None:
     x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
     bias = node.inputs[2] if len(node.inputs) > 2 else None
-    g = TransposedGeometry2D.of(x.type.shape[2:], conv_transpose_window(node))
+    g = TransposedGeometry2D.of(node, x.type.shape[2:], conv_transpose_window(node))
     group = node.attr("group", 1)
     in_channels, ocg = w.type.shape[0], w.type.shape[1]
     icg, out_channels = in_channels // group, ocg * group
