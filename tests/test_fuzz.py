@@ -80,14 +80,22 @@ def test_fuzzing_reached_native_code():
 
 
 # -- the harness itself ---------------------------------------------------------------------------
-def test_worker_reports_a_crash_and_recovers(worker):
-    result = worker.run(CRASH_PROBE)
+@pytest.fixture
+def fresh_worker():
+    """A worker of its own (killing one that has compiled leaks its semaphores, with a warning)."""
+    w = Worker()
+    yield w
+    w.close()
+
+
+def test_worker_reports_a_crash_and_recovers(fresh_worker):
+    result = fresh_worker.run(CRASH_PROBE)
     assert result["outcome"] == "fail"
     assert "exit code -11" in result["why"]
-    assert worker.run(b"not onnx")["outcome"] == "refused"
+    assert fresh_worker.run(b"not onnx")["outcome"] == "refused"
 
 
-def test_worker_reports_a_hang_and_recovers(worker):
-    result = worker.run(HANG_PROBE, timeout=2)
+def test_worker_reports_a_hang_and_recovers(fresh_worker):
+    result = fresh_worker.run(HANG_PROBE, timeout=2)
     assert result["outcome"] == "fail" and "hang" in result["why"]
-    assert worker.run(b"not onnx")["outcome"] == "refused"
+    assert fresh_worker.run(b"not onnx")["outcome"] == "refused"

@@ -128,6 +128,24 @@ def test_node_name_not_utf8():
         lc.compile(onnx.ModelProto.FromString(data))
 
 
+def test_long_chain_imports_in_linear_time():
+    """Sorting the nodes rescanned every pending node per round: a chain of 8,000 nodes took 26 s,
+    20,000 would take minutes (a malformed model could stall import indefinitely). Now linear."""
+    n = 20_000
+    nodes = [helper.make_node("Relu", [f"v{i}" if i else "X"], [f"v{i + 1}" if i + 1 < n else "Y"], name=f"r{i}")
+             for i in range(n)]
+    model = make_model(nodes[::-1], [("X", ["N", 3])], [("Y", None)])
+    start = time.perf_counter()
+    graph = import_model(model)
+    assert time.perf_counter() - start < 10
+    assert [node.name for node in graph.nodes[:3]] == ["r0", "r1", "r2"]
+    model.graph.node[-1].input[0] = "Y"  # r0 now reads the chain's end: a cycle of 20,000 nodes
+    start = time.perf_counter()
+    with pytest.raises(lc.ModelFormatError, match="^the graph has a cycle through node 'r19999'$"):
+        import_model(model)
+    assert time.perf_counter() - start < 10
+
+
 def test_duplicate_graph_input():
     """Two graph inputs of one name were merged silently (the second skipped as if it were an
     initializer listed among the inputs); now it is an error."""
@@ -394,6 +412,14 @@ def test_huge_batch_from_a_broadcast_view(mnist):
                                   mnist.run(None, {"input": np.ascontiguousarray(view)})[0])
 
 
+def test_huge_batch_is_refused_before_onnx_runtime_sees_it():
+    model = lc.compile(MODEL, target="ort", providers=["CPUExecutionProvider"], max_memory="256M")
+    assert model.max_memory == 256 << 20
+    with pytest.raises(lc.InputError, match=r"N=1099511627776 would need .* the memory limit is 256\.0 MiB"):
+        model.run(None, {"input": np.broadcast_to(_images(1), (1 << 40, 1, 28, 28))})
+    assert model.run(None, {"input": _images(2)})[0].shape == (2, 10)
+
+
 def test_negative_strides_and_unaligned_inputs(mnist):
     x = _images(6)
     expected = mnist.run(None, {"input": np.ascontiguousarray(x[::-1])})[0]
@@ -405,11 +431,16 @@ def test_negative_strides_and_unaligned_inputs(mnist):
     np.testing.assert_array_equal(mnist.run(None, {"input": unaligned})[0], mnist.run(None, {"input": x})[0])
 
 
-@pytest.mark.parametrize("names", [5, b"probabilities", {"probabilities"}.__iter__()], ids=["int", "bytes", "iterator"])
+@pytest.mark.parametrize("names", [5, b"probabilities", [["probabilities"]], [b"probabilities"]],
+                         ids=["int", "bytes", "nested_list", "list_of_bytes"])
 def test_output_names_of_the_wrong_type(mnist, names):
-    """``run(5, feed)`` raised TypeError ('int' object is not iterable)."""
+    """``run(5, feed)`` raised TypeError ('int' object is not iterable), a nested list TypeError
+    (unhashable type)."""
     with pytest.raises(lc.InputError, match="output_names must be a list of names or None"):
         mnist.run(names, {"input": _images(1)})
+    # any iterable of names will do
+    out = mnist.run(iter(["probabilities"]), {"input": _images(1)})
+    assert len(out) == 1 and out[0].shape == (1, 10)
 
 
 def test_other_dtype_spellings_are_refused(mnist):
@@ -566,6 +597,40 @@ def test_compiling_from_several_threads():
     assert (stderr_after.st_dev, stderr_after.st_ino) == (stderr_before.st_dev, stderr_before.st_ino)
 
 
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+def test_repeated_runs_do_not_grow_memory(mnist):
+    """Thousands of runs at changing batch sizes (each thread's workspace reallocated), including
+    refused ones, leave the resident memory flat (benchmarks/memory_rss.py does 100,000)."""
+    images = _images(16)
+    feeds = [{"input": images[:b]} for b in (1, 5, 16)]
+    bad = {"input": images.astype(np.float64)}
+
+    refused = []
+
+    def burst(n):
+        for i in range(n):
+            mnist.run(None, feeds[i % 3])
+            if i % 50 == 0:
+                try:
+                    mnist.run(None, bad)
+                except lc.InputError:
+                    refused.append(i)
+    burst(500)
+    before = _rss_mib()
+    workers = [threading.Thread(target=burst, args=(1500,)) for _ in range(2)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert len(refused) == 10 + 2 * 30
+    assert _rss_mib() - before < 8, (before, _rss_mib())
+
+
 # -- artifacts ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def artifact(mnist, tmp_path_factory):
@@ -650,7 +715,8 @@ def test_artifact_claiming_huge_sizes_is_refused_before_decompressing(artifact, 
     bad = tmp_path / "bomb.lepton"
     bad.write_bytes(_patch_central_size(artifact.read_bytes(), "weights.bin", 0xFFFFFF00))
     monkeypatch.setenv("LEPTON_MAX_MEMORY", "1G")
-    with pytest.raises(ArtifactError, match=r"would take 4\.0 GiB \(4,29.* bytes\) to load, more than the memory limit of 1\.0 GiB"):
+    with pytest.raises(ArtifactError,
+                       match=r"would take 4\.0 GiB \(4,29.* bytes\) to load, more than the memory limit of 1\.0 GiB"):
         lc.load(bad)
     bad.write_bytes(_patch_central_size(artifact.read_bytes(), "manifest.json", 0xFFFFFF00))
     with pytest.raises(ArtifactError, match="its manifest claims"):
@@ -707,7 +773,8 @@ def test_damaged_artifacts_are_refused(artifact, tmp_path):
 
 
 @pytest.mark.parametrize("path,value", [
-    (("workspace", 0), float("inf")), (("constants", 0, "offset"), float("inf")), (("constants", 0, "shape", 0), 1 << 70),
+    (("workspace", 0), float("inf")), (("constants", 0, "offset"), float("inf")),
+    (("constants", 0, "shape", 0), 1 << 70),
     (("inputs", 0, "shape", 1), float("inf")), (("backend",), ["cpu"]), (("constants",), {"a": 1}), (("target",), None),
     (("options", "threads"), float("inf")),
 ], ids=lambda v: str(v))

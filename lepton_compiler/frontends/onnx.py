@@ -611,24 +611,44 @@ def import_model(source: ModelSource) -> Graph:
 
 
 def _topological(g: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """The nodes in an order where each reads only what is already defined (Kahn's algorithm)."""
+    """The nodes in an order where each reads only what is already defined (Kahn's algorithm, in
+    rounds: a node comes in the round after the last of its inputs is defined, in file order within
+    a round). Linear in the graph: counts of missing inputs, not a rescan of the pending nodes per
+    round, which took minutes for a chain of some ten thousand nodes."""
     available = {i.name for i in g.initializer} | {i.name for i in g.input} | {""}
-    pending = list(g.node)
+    nodes = list(g.node)
+    missing: list[int] = []
+    waiting: dict[str, list[int]] = {}
+    for index, node in enumerate(nodes):
+        needed = {x for x in node.input if x not in available}
+        missing.append(len(needed))
+        for name in needed:
+            waiting.setdefault(name, []).append(index)
     ordered: list[onnx.NodeProto] = []
-    while pending:
-        ready = [n for n in pending if all(x in available for x in n.input)]
-        if not ready:
-            stuck = pending[0]
-            missing = [x for x in stuck.input if x not in available]
-            produced = {o for n in pending for o in n.output}
-            if all(m in produced for m in missing):
-                raise ModelFormatError(f"the graph has a cycle through node '{stuck.name or stuck.op_type}'")
-            raise ModelFormatError(f"node '{stuck.name or stuck.op_type}' reads '{missing[0]}', which nothing defines")
-        ready_ids = {id(n) for n in ready}
-        pending = [n for n in pending if id(n) not in ready_ids]
-        for n in ready:
-            ordered.append(n)
-            available.update(n.output)
+    placed = [False] * len(nodes)
+    current = [i for i, count in enumerate(missing) if count == 0]
+    while current:
+        following: list[int] = []
+        for index in current:
+            ordered.append(nodes[index])
+            placed[index] = True
+            for name in nodes[index].output:
+                if name in available:
+                    continue
+                available.add(name)
+                for reader in waiting.pop(name, ()):
+                    missing[reader] -= 1
+                    if missing[reader] == 0:
+                        following.append(reader)
+        current = sorted(following)
+    if len(ordered) < len(nodes):
+        pending = [n for n, done in zip(nodes, placed) if not done]
+        stuck = pending[0]
+        absent = [x for x in stuck.input if x not in available]
+        produced = {o for n in pending for o in n.output}
+        if all(m in produced for m in absent):
+            raise ModelFormatError(f"the graph has a cycle through node '{stuck.name or stuck.op_type}'")
+        raise ModelFormatError(f"node '{stuck.name or stuck.op_type}' reads '{absent[0]}', which nothing defines")
     return ordered
 
 

@@ -9,6 +9,7 @@ the batch: ``bytes(batch) = per_batch * batch + fixed``.
 
 from __future__ import annotations
 
+import numbers
 import os
 import re
 from typing import Optional, Union
@@ -27,13 +28,14 @@ def parse_size(value: Size, what: str = "max_memory") -> Optional[int]:
     """Bytes from an int or a string like ``"1500000"``, ``"512M"``, ``"4GiB"``; None stays None."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, str)):
         raise LeptonError(f"{what} must be a number of bytes (int) or a string like '4G', not {value!r}")
     if isinstance(value, str):
         match = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", value, re.IGNORECASE)
         if not match:
             raise LeptonError(f"{what} must be a number of bytes or a string like '512M' or '4G', not {value!r}")
         value = int(match.group(1)) * _UNITS[match.group(2).upper()]
+    value = int(value)
     if value < 1:
         raise LeptonError(f"{what} must be at least 1 byte, not {value}")
     return min(value, ADDRESSABLE)

@@ -53,7 +53,11 @@ class ModelSignature:
     def _select_outputs(self, names: Optional[Sequence[str]]) -> list[int]:
         if names is None:
             return list(range(len(self._outputs)))
-        if isinstance(names, (str, bytes)) or not isinstance(names, Sequence):
+        try:
+            names = None if isinstance(names, (str, bytes)) else list(names)
+        except TypeError:
+            names = None
+        if names is None or not all(isinstance(n, str) for n in names):
             raise InputError("output_names must be a list of names or None")
         index = {info.name: i for i, info in enumerate(self._outputs)}
         unknown = [n for n in names if n not in index]
