@@ -11,7 +11,6 @@ from llvmlite import ir
 
 from ...ir import Node
 from ...ops.reduce import reduce_axes
-from ...ops.shapes import normalize_axis
 from .codegen import KernelBuilder
 from .registry import lowering
 
@@ -47,28 +46,3 @@ def lower_reduce(k: KernelBuilder, node: Node) -> None:
         inverse = b.fdiv(k.f32(1.0), b.uitofp(count, ir.FloatType()))
         with k.loop(out_size, name="mean") as i:
             k.store(b.fmul(k.load(k.ptr(y), i), inverse), k.ptr(y), i)
-
-
-@lowering("LogSoftmax")
-def lower_log_softmax(k: KernelBuilder, node: Node) -> None:
-    """``x - max - log(sum(exp(x - max)))`` along one axis."""
-    x, y = node.inputs[0], node.outputs[0]
-    dims = k.dims(x)
-    axis = normalize_axis(node, node.attr("axis", -1), len(dims))
-    outer, length, inner = k.product(dims[:axis]), dims[axis], k.product(dims[axis + 1:])
-    b = k.b
-    with k.loop(outer, name="o") as o, k.loop(inner, name="in") as i:
-        base = b.add(b.mul(o, b.mul(length, inner)), i)
-        src, dst = b.gep(k.ptr(x), [base]), b.gep(k.ptr(y), [base])
-        peak = k.scalar_slot(k.f32(float("-inf")))
-        with k.loop(length, name="mx") as j:
-            b.store(k.max(b.load(peak), k.load(src, b.mul(j, inner))), peak)
-        top = b.load(peak)
-        total = k.scalar_slot(k.f32(0.0))
-        with k.loop(length, name="ex") as j:
-            e = k.intrinsic("llvm.exp", b.fsub(k.load(src, b.mul(j, inner)), top))
-            b.store(b.fadd(b.load(total), e), total)
-        shift = b.fadd(top, k.intrinsic("llvm.log", b.load(total)))
-        with k.loop(length, name="out") as j:
-            at = b.mul(j, inner)
-            k.store(b.fsub(k.load(src, at), shift), dst, at)
