@@ -142,14 +142,15 @@ def _tool_parsers(sub) -> None:
     g.add_argument("-O", dest="opt_level", type=_opt_level, default=3, metavar="LEVEL", help="0-3 (default 3)")
 
 
+def _print_ir_after_pass(p, graph, seconds) -> None:
+    print(f"// -----// IR after {p.name} ({seconds * 1e3:.2f} ms) //----- //")
+    print(graph)
+
+
 def cmd_compile(args) -> int:
     from . import api
 
-    after_pass = None
-    if args.print_ir_after_all:
-        def after_pass(p, graph, seconds):
-            print(f"// -----// IR after {p.name} ({seconds * 1e3:.2f} ms) //----- //")
-            print(graph)
+    after_pass = _print_ir_after_pass if args.print_ir_after_all else None
     if args.report:
         from .tools.report import fusion_report
         print(fusion_report(args.model, args.opt_level), file=sys.stderr if args.emit and not args.output else sys.stdout)
@@ -159,7 +160,6 @@ def cmd_compile(args) -> int:
         from .export.clib import cli_compile
         return cli_compile(args, after_pass)
     if args.emit == "onnx":
-        import onnx
         graph = api.optimize(args.model, args.opt_level, verify=args.verify, after_pass=after_pass)
         _write(args.output, graph.to_onnx().SerializeToString(), binary=True, what="--emit onnx")
         return 0

@@ -14,7 +14,6 @@ from typing import Optional, Sequence
 
 from ..frontends.onnx import ModelSource
 from ..passes import PassOptions, passes_for_level
-from ..passes.fusion import FusionNote
 from ..passes.pipeline import ALGEBRA, FUSION
 from .lineage import Lineage, Stage, trace
 

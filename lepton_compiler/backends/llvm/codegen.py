@@ -71,6 +71,10 @@ class KernelBuilder:
         self.batch_rules.append((tuple(sorted(set(allowed))), reason))
 
     # -- buffers and shapes ------------------------------------------------------------------
+    def has_buffer(self, value: Value) -> bool:
+        """Whether the plan gave ``value`` a buffer (an output nothing reads has none)."""
+        return value in self._ptrs
+
     def ptr(self, value: Value) -> ir.Value:
         self.used.add(value)
         return self._ptrs[value]

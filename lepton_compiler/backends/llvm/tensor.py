@@ -54,18 +54,9 @@ def lower_split(k: KernelBuilder, node: Node) -> None:
     offset = k.i64(0)
     for y in node.outputs:
         _, length = _block(k, y, axis)
-        if _has_buffer(k, y):
+        if k.has_buffer(y):
             emit_copy_rows(k, k.b.gep(k.ptr(x), [offset]), in_row, k.ptr(y), length, rows, length)
         offset = k.b.add(offset, length)
-
-
-def _has_buffer(k: KernelBuilder, value: Value) -> bool:
-    """Whether the plan gave ``value`` a buffer (an output nothing reads has none)."""
-    try:
-        k.ptr(value)
-    except KeyError:
-        return False
-    return True
 
 
 def _strides(k: KernelBuilder, dims: list) -> list:
