@@ -1,0 +1,250 @@
+"""Quantized ops: ONNX's QuantizeLinear family, and lepton's int8 kernels ``QConv`` and ``QGemm``.
+
+The int8 semantics, shared by the reference interpreter and every kernel path
+(``qmath.py`` holds the arithmetic):
+
+* Activations inside an int8 region are **uint8** with a per-tensor scale and
+  zero point. An int8 activation of an imported model is the same tensor with
+  the zero point moved by 128 (``q_u8 = q_s8 + 128``), so kernels see one format.
+* Weights are int8, symmetric (zero point 0), per output channel or per tensor.
+* Bias is int32 in units of ``x_scale * w_scale[o]``.
+* The accumulator is exact: ``acc = bias[o] + sum((x - x_zp) * w)`` in int32.
+* Requantization is in fp32, as ONNX Runtime does it: with
+  ``M[o] = fp32(fp32(x_scale * w_scale[o]) / y_scale)``,
+  ``y = clamp(rint(fp32(acc) * M[o]) + y_zp, y_min, y_max)`` where ``rint``
+  rounds half to even. A fused Relu is ``y_min = y_zp``; a fused Clip narrows
+  ``[y_min, y_max]``; max pooling then commutes with this monotonic map.
+* A float output (``output_dtype="float32"``, the end of an int8 region) is
+  ``act(fp32(acc) * fp32(x_scale * w_scale[o]))``, then the softmax if fused.
+
+``QConv(x: uint8[N, C, ...], w: int8[O, C/group, ...], bias: int32[O]?)``
+    Conv attributes as in ONNX, pooling attributes as ``FusedConv``; ``x_scale``,
+    ``x_zero_point``, ``w_scales`` (1 or O floats), ``y_scale``,
+    ``y_zero_point``, ``y_min``, ``y_max``, ``output_dtype`` and, for float
+    output, ``activation`` / ``activation_params``.
+``QGemm(a: uint8[M, K], b: int8[N, K], bias: int32[N]?)``
+    ``y = a @ b.T`` under the same attributes (``a_*`` for ``x_*``), plus
+    ``softmax`` = 1 (float output only).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Node, TensorType, Value
+from . import qmath
+from .activations import apply_activation
+from .fused import POOL_ATTRS, pool_node
+from .nn import conv_window, infer_conv, infer_maxpool, reference_maxpool, reference_softmax
+from .registry import OpKind, register, require
+from .shapes import sliding_views
+
+QUANT_DTYPES = ("uint8", "int8")
+
+
+# -- shared helpers --------------------------------------------------------------------------
+def _scale_and_zero_point(node: Node, inputs, axis_dim_index: int):
+    """(scale array, zero point array broadcastable to the data, dtype of the quantized side)."""
+    scale = inputs[1]
+    zp = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None
+    data = inputs[0]
+    if scale.size > 1:
+        shape = [1] * data.ndim
+        shape[axis_dim_index] = scale.size
+        scale = scale.reshape(shape)
+        zp = zp.reshape(shape) if zp is not None else None
+    return scale, zp
+
+
+def _axis(node: Node, rank: int) -> int:
+    axis = node.attr("axis", 1)
+    require(node, -rank <= axis < rank or rank == 0, f"axis {axis} is out of range for rank {rank}")
+    return axis % rank if rank else 0
+
+
+def _check_scale(node: Node, data: TensorType, scale: Value, zp) -> None:
+    require(node, scale.type.dtype == "float32", f"scale must be float32, got {scale.type}")
+    require(node, scale.type.rank <= 1, f"scale must be a scalar or 1-D, got {scale.type}")
+    if scale.type.rank == 1 and scale.type.shape[0] != 1:
+        axis = _axis(node, data.rank)
+        require(node, scale.type.shape[0] == data.shape[axis],
+                f"per-axis scale {scale.type} does not match axis {axis} of {data}")
+    if zp is not None:
+        require(node, zp.type.shape == scale.type.shape,
+                f"zero point {zp.type} does not have the scale's shape {scale.type}")
+
+
+# -- QuantizeLinear / DequantizeLinear ------------------------------------------------------
+def infer_quantize(node: Node) -> list[TensorType]:
+    x, scale = node.inputs[0].type, node.inputs[1]
+    zp = node.inputs[2] if len(node.inputs) > 2 else None
+    require(node, x.dtype == "float32", f"expects a float32 tensor, got {x}")
+    _check_scale(node, x, scale, zp)
+    dtype = zp.type.dtype if zp is not None else "uint8"
+    require(node, dtype in QUANT_DTYPES, f"zero point must be uint8 or int8, got {dtype}")
+    return [TensorType(dtype, x.shape)]
+
+
+def reference_quantize(node: Node, inputs):
+    x = inputs[0]
+    scale, zp = _scale_and_zero_point(node, inputs, _axis(node, x.ndim))
+    dtype = node.outputs[0].type.dtype if node.outputs else (zp.dtype if zp is not None else np.uint8)
+    return [qmath.quantize(x, scale, 0 if zp is None else zp, np.dtype(dtype))]
+
+
+def infer_dequantize(node: Node) -> list[TensorType]:
+    x, scale = node.inputs[0].type, node.inputs[1]
+    zp = node.inputs[2] if len(node.inputs) > 2 else None
+    require(node, x.dtype in QUANT_DTYPES + ("int32",), f"expects a uint8, int8 or int32 tensor, got {x}")
+    _check_scale(node, x, scale, zp)
+    if zp is not None:
+        require(node, zp.type.dtype == x.dtype, f"zero point {zp.type} does not have the input's dtype {x.dtype}")
+    return [TensorType("float32", x.shape)]
+
+
+def reference_dequantize(node: Node, inputs):
+    x = inputs[0]
+    scale, zp = _scale_and_zero_point(node, inputs, _axis(node, x.ndim))
+    return [qmath.dequantize(x, scale, 0 if zp is None else zp)]
+
+
+register("QuantizeLinear", infer_quantize, reference_quantize, OpKind.ELEMENTWISE)
+register("DequantizeLinear", infer_dequantize, reference_dequantize, OpKind.ELEMENTWISE)
+
+
+# -- integer convolution and matmul ----------------------------------------------------------
+def _float_view(node: Node, inputs: list[Value], attrs) -> Node:
+    """A detached float Conv with the same shapes, to reuse Conv's type rule and window."""
+    values = [Value(f"{node.name}.{i}", TensorType("float32", v.type.shape)) for i, v in enumerate(inputs)]
+    return Node("Conv", node.name, values, [Value(f"{node.name}.conv", TensorType("float32", ()))], attrs)
+
+
+def _conv_attrs(node: Node) -> dict:
+    keep = ("kernel_shape", "strides", "pads", "dilations", "group", "auto_pad")
+    return {k: v for k, v in node.attrs.items() if k in keep}
+
+
+def integer_conv(node: Node, x: np.ndarray, w: np.ndarray, x_zp, w_zp=0) -> np.ndarray:
+    """``sum((x - x_zp) * (w - w_zp))`` over each window, exactly, as int64 (padding reads ``x_zp``)."""
+    shapes = [Value("x", TensorType("float32", x.shape)), Value("w", TensorType("float32", w.shape))]
+    win = conv_window(_float_view(node, shapes, _conv_attrs(node)))
+    group = node.attr("group", 1)
+    xc = x.astype(np.int64) - np.asarray(x_zp, np.int64)
+    wc = w.astype(np.int64) - np.asarray(w_zp, np.int64).reshape((-1,) + (1,) * (w.ndim - 1))
+    padded, views = sliding_views(xc, win, 0)
+    out_ch, icg = w.shape[0], w.shape[1]
+    ocg = out_ch // group
+    out = np.zeros((x.shape[0], out_ch, *win.out), np.int64)
+    for offset, idx in views:
+        patch = padded[idx]
+        for g in range(group):
+            wk = wc[(slice(g * ocg, (g + 1) * ocg), slice(None), *offset)]
+            out[:, g * ocg:(g + 1) * ocg] += np.einsum("nc...,oc->no...", patch[:, g * icg:(g + 1) * icg], wk)
+    return out
+
+
+def _channel_shape(values: np.ndarray, rank: int) -> np.ndarray:
+    """A per-channel vector shaped to broadcast over axis 1 of a rank-``rank`` tensor."""
+    return np.asarray(values).reshape((1, -1) + (1,) * (rank - 2)) if np.size(values) > 1 else np.asarray(values)
+
+
+# -- QConv -----------------------------------------------------------------------------------
+def _check_int8_attrs(node: Node, out_channels, prefix: str) -> None:
+    for name in (f"{prefix}_scale", f"{prefix}_zero_point", "w_scales" if prefix == "x" else "b_scales"):
+        require(node, node.attr(name) is not None, f"missing attribute {name}")
+    scales = node.attr("w_scales" if prefix == "x" else "b_scales")
+    require(node, len(scales) in (1, out_channels), f"{len(scales)} weight scales for {out_channels} channels")
+    require(node, 0 <= node.attr(f"{prefix}_zero_point") <= 255, "the input zero point must be in [0, 255]")
+    dtype = node.attr("output_dtype", "uint8")
+    require(node, dtype in ("uint8", "float32"), f"output_dtype must be uint8 or float32, not {dtype!r}")
+    if dtype == "uint8":
+        for name in ("y_scale", "y_zero_point"):
+            require(node, node.attr(name) is not None, f"missing attribute {name}")
+        lo, hi = node.attr("y_min", 0), node.attr("y_max", 255)
+        require(node, 0 <= lo <= hi <= 255, f"y_min {lo} and y_max {hi} must satisfy 0 <= y_min <= y_max <= 255")
+        require(node, not node.attr("activation", ""), "a uint8 output takes its activation as y_min/y_max")
+
+
+def _check_int8_operands(node: Node, x: TensorType, w: TensorType, bias, what: str) -> None:
+    require(node, x.dtype == "uint8", f"{what} must be uint8, got {x}")
+    require(node, w.dtype == "int8", f"weights must be int8, got {w}")
+    if bias is not None:
+        require(node, bias.type.dtype == "int32", f"bias must be int32, got {bias.type}")
+
+
+def infer_qconv(node: Node) -> list[TensorType]:
+    x, w = node.inputs[0].type, node.inputs[1].type
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    _check_int8_operands(node, x, w, bias, "input")
+    require(node, w.rank >= 3 and isinstance(w.shape[0], int), f"weight {w} must have static output channels")
+    _check_int8_attrs(node, w.shape[0], "x")
+    conv = infer_conv(_float_view(node, list(node.inputs), _conv_attrs(node)))[0]
+    out = TensorType(node.attr("output_dtype", "uint8"), conv.shape)
+    if node.attr("pool_kernel") is None:
+        return [out]
+    pooled = infer_maxpool(pool_node(node, TensorType("float32", conv.shape)))[0]
+    return [TensorType(out.dtype, pooled.shape)]
+
+
+def _finish(node: Node, acc: np.ndarray, in_scale: float, w_scales, rank: int) -> np.ndarray:
+    """Requantize (uint8 output) or rescale and activate (float output) an int64 accumulator."""
+    if node.attr("output_dtype", "uint8") == "uint8":
+        m = _channel_shape(qmath.multipliers(in_scale, w_scales, node.attr("y_scale")), rank)
+        return qmath.requantize(acc, m, node.attr("y_zero_point"), node.attr("y_min", 0), node.attr("y_max", 255))
+    s = _channel_shape(qmath.input_scales(in_scale, w_scales), rank)
+    y = qmath.rescale(acc, s)
+    return apply_activation(node.attr("activation", ""), y, node.attr("activation_params", []))
+
+
+def reference_qconv(node: Node, inputs):
+    x, w = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None
+    acc = integer_conv(node, x, w, node.attr("x_zero_point"))
+    if bias is not None:
+        acc = acc + bias.astype(np.int64).reshape((1, -1) + (1,) * (x.ndim - 2))
+    y = _finish(node, acc, node.attr("x_scale"), node.attr("w_scales"), x.ndim)
+    if node.attr("pool_kernel") is not None:   # pooled in fp32, which holds every uint8 exactly
+        pooled = reference_maxpool(pool_node(node, TensorType("float32", y.shape)), [y.astype(np.float32)])[0]
+        y = pooled.astype(y.dtype)
+    return [y]
+
+
+register("QConv", infer_qconv, reference_qconv, OpKind.OPAQUE)
+
+
+# -- QGemm -----------------------------------------------------------------------------------
+def infer_qgemm(node: Node) -> list[TensorType]:
+    a, b = node.inputs[0].type, node.inputs[1].type
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    _check_int8_operands(node, a, b, bias, "a")
+    require(node, a.rank == 2 and b.rank == 2, f"a {a} and b {b} must be matrices")
+    require(node, a.shape[1] == b.shape[1], f"a {a} and b {b} (read as [N, K]) differ in K")
+    require(node, isinstance(b.shape[0], int), f"b {b} must have a static N")
+    _check_int8_attrs(node, b.shape[0], "a")
+    if bias is not None:
+        require(node, bias.type.shape == (b.shape[0],), f"bias {bias.type} should be [{b.shape[0]}]")
+    if node.attr("softmax", 0):
+        require(node, node.attr("output_dtype", "uint8") == "float32", "softmax needs a float32 output")
+    return [TensorType(node.attr("output_dtype", "uint8"), (a.shape[0], b.shape[0]))]
+
+
+def reference_qgemm(node: Node, inputs):
+    a, b = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None
+    acc = (a.astype(np.int64) - node.attr("a_zero_point")) @ b.astype(np.int64).T
+    if bias is not None:
+        acc = acc + bias.astype(np.int64)
+    y = _finish(node, acc, node.attr("a_scale"), node.attr("b_scales"), 2)
+    if node.attr("softmax", 0):
+        y = reference_softmax(Node("Softmax", node.name, [], [], {"axis": -1}), [y])[0]
+    return [y]
+
+
+register("QGemm", infer_qgemm, reference_qgemm, OpKind.OPAQUE)
+
+
+def is_quantized(op: str) -> bool:
+    return op in ("QConv", "QGemm")
+
+
+__all__ = ["POOL_ATTRS", "integer_conv", "is_quantized"]
