@@ -1,0 +1,31 @@
+"""The cuda lowering registry: op name -> function that makes the op's ``KernelSpec``."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ...ir import Node
+from ..llvm.registry import VIEWS  # the same ops are views (no kernel, shared bytes) on the GPU
+
+
+class NotLowerable(Exception):
+    """Raised by a lowering for a node it cannot emit; becomes an ``UnsupportedOpError`` naming the node."""
+
+
+Lower = Callable[[Node, str], "KernelSpec"]  # noqa: F821
+LOWERINGS: dict[str, Lower] = {}
+
+
+def lowering(*ops: str):
+    def decorate(fn):
+        for op in ops:
+            LOWERINGS[op] = fn
+        return fn
+    return decorate
+
+
+def can_lower(op: str) -> bool:
+    return op in LOWERINGS or op in VIEWS
+
+
+__all__ = ["LOWERINGS", "NotLowerable", "VIEWS", "can_lower", "lowering"]
