@@ -60,7 +60,7 @@ def compile(model: ModelSource, target: str = "cpu", opt_level: int = 3, quantiz
             calibration=None, providers=None, threads: Optional[int] = None, *, mcpu: Optional[str] = None,
             verify: bool = False, after_pass: Optional[Callable] = None, provider_options=None,
             strict: bool = False, ort_optimization: Optional[str] = None, keep: Optional[Sequence[str]] = None,
-            max_memory=None):
+            max_memory=None, gpu: Optional[str] = None):
     """Compile an ONNX model (path, bytes or ModelProto).
 
     ``target="cpu"``: native code for this CPU (or ``mcpu``); returns a ``CompiledModel``.
@@ -68,6 +68,8 @@ def compile(model: ModelSource, target: str = "cpu", opt_level: int = 3, quantiz
     (a list as onnxruntime takes it, or ``"auto"``/None for the best installed one), ``provider_options``,
     ``strict`` (no fallback) and ``ort_optimization`` (ORT's own graph optimizations, default
     ``"basic"``); returns an ``OrtModel`` (see ``backends/ort.py``).
+    ``target="cuda"``: PTX from LLVM's NVPTX target for ``gpu`` (``"sm_90"``; default: the current GPU's),
+    run through CuPy; returns a ``CudaModel`` (see ``runtime/cuda_model.py``, ``docs/cuda.md``).
     ``keep``: names of intermediate values of the ONNX graph to return as extra outputs, after the
     model's own (``model.run(["conv2_out"], feed)``); an unknown name is a ``LeptonError``.
     ``max_memory``: the most bytes the model may hold, weights plus one run's workspace and outputs
@@ -75,6 +77,14 @@ def compile(model: ModelSource, target: str = "cpu", opt_level: int = 3, quantiz
     physical memory. A model over it is a ``ResourceError``; a run whose batch would go over it is an
     ``InputError`` (see ``runtime/limits.py``).
     """
+    if target == "cuda":   # NVIDIA GPUs through LLVM's NVPTX target; see backends/nvptx, docs/cuda.md
+        from .backends.nvptx.compiler import compile_cuda
+        return compile_cuda(model, gpu=gpu, opt_level=opt_level, verify=verify, after_pass=after_pass, keep=keep,
+                            max_memory=max_memory, quantize=quantize, calibration=calibration, providers=providers,
+                            threads=threads, mcpu=mcpu, provider_options=provider_options, strict=strict,
+                            ort_optimization=ort_optimization)
+    if gpu is not None:
+        raise LeptonError("gpu= applies to target='cuda'")
     if target not in ("cpu", "ort"):
         raise LeptonError(f"target {target!r} is not available in this version; use target='cpu' or 'ort'")
     if quantize is not None:

@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import InputError, LeptonError
 
-EMITS = ("llvm", "asm", "obj", "onnx", "so", "header")
+EMITS = ("llvm", "asm", "obj", "onnx", "so", "header", "ptx")
 
 
 def _opt_level(text: str) -> int:
@@ -69,8 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model", help="ONNX file")
     c.add_argument("-o", "--output", help="artifact (or emitted file) to write")
     c.add_argument("-O", dest="opt_level", type=_opt_level, default=3, metavar="LEVEL", help="0-3 (default 3)")
-    c.add_argument("--target", default="cpu", choices=("cpu", "ort"),
-                   help="cpu: native code (default); ort: optimized ONNX run by ONNX Runtime")
+    c.add_argument("--target", default="cpu", choices=("cpu", "ort", "cuda"),
+                   help="cpu: native code (default); ort: optimized ONNX run by ONNX Runtime; "
+                   "cuda: PTX for NVIDIA GPUs (with --emit ptx|llvm)")
+    c.add_argument("--gpu", help="--target cuda: GPU architecture, e.g. sm_90 (default: sm_90)")
     _ort_arguments(c)
     c.add_argument("--mcpu", help="CPU to generate code for (default: this host's)")
     c.add_argument("--threads", type=int, help="threads at run time (default: all cores)")
@@ -156,6 +158,9 @@ def cmd_compile(args) -> int:
         print(fusion_report(args.model, args.opt_level), file=sys.stderr if args.emit and not args.output else sys.stdout)
         if not args.output and not args.emit:
             return 0
+    if args.target == "cuda" or args.emit == "ptx" or args.gpu is not None:
+        from .backends.nvptx.compiler import cli_compile as cuda_compile
+        return cuda_compile(args, after_pass, _write)
     if args.emit in ("so", "header") or args.name is not None or args.weights is not None:
         from .export.clib import cli_compile
         return cli_compile(args, after_pass)

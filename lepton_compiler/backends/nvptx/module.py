@@ -19,12 +19,13 @@ from llvmlite import ir
 from ...errors import UnsupportedOpError
 from ...ir import Graph
 from ..llvm.plan import Plan, Storage, _needed_nodes, make_plan, size_in_bytes
-from . import conv, dense, elementwise  # noqa: F401  (they register their lowerings)
+from . import conv, dense, elementwise
 from .kernel import INT_LIMIT, GridDim, KernelSpec, emit_device, emit_host
 from .registry import LOWERINGS, VIEWS, NotLowerable
 from .target import DEFAULT_GPU, TRIPLE, data_layout, emit_ptx
 
 MAX_GRID_YZ = 65535
+KERNEL_FAMILIES = (conv, dense, elementwise)   # imported for their @lowering registrations
 
 
 @dataclass

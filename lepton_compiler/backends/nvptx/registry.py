@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ...ir import Node
 from ..llvm.registry import VIEWS  # the same ops are views (no kernel, shared bytes) on the GPU
+
+if TYPE_CHECKING:
+    from .kernel import KernelSpec
 
 
 class NotLowerable(Exception):
     """Raised by a lowering for a node it cannot emit; becomes an ``UnsupportedOpError`` naming the node."""
 
 
-Lower = Callable[[Node, str], "KernelSpec"]  # noqa: F821
+Lower = Callable[[Node, str], "KernelSpec"]
 LOWERINGS: dict[str, Lower] = {}
 
 
