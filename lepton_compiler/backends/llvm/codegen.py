@@ -59,6 +59,8 @@ class KernelBuilder:
         self.work_per_iteration = 0
         """Estimated multiply-adds of one ``parallel_loop`` iteration, to decide whether threads pay off."""
         self.parallel_extent: Dim = 0
+        self.target = None
+        """The ``Target`` code is generated for (set by ``build_module``; the int8 kernels read its features)."""
         self._ptrs = {}
         self.used: set[Value] = set()  # buffers the kernel reads or writes (a repacked weight is not one)
         for value, arg in zip(buffers, self.fn.args[4:]):

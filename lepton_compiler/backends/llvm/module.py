@@ -24,6 +24,7 @@ from ...errors import UnsupportedOpError
 from ...ir import Graph, Value, dim_factors
 from ...ops import REGISTRY
 from . import conv, conv_transpose, dense, elementwise, layout, norm, pool, reduce, softmax, tensor  # noqa: F401
+from . import qconv, qdense, quantize  # noqa: F401  (int8 kernels)
 from .codegen import I8, I64, LLVM_TYPES, VOID, KernelBuilder, _ident
 from .plan import Plan, Storage, make_plan, size_in_bytes
 from .registry import LOWERINGS, NotLowerable
@@ -173,6 +174,7 @@ def build_module(graph: Graph, target: Target, entry: str = ENTRY) -> tuple[ir.M
         buffers += [v for v in node.outputs if v in plan.storage]
         kernel = KernelBuilder(module, f"k{index}_{_ident(node.op)}_{_ident(node.name)}", buffers, add_constant,
                                lanes=lanes, registers=target.vector_registers(), batch_symbol=plan.batch_symbol)
+        kernel.target = target
         try:
             LOWERINGS[node.op](kernel, node)
         except NotLowerable as exc:

@@ -20,6 +20,9 @@ from ...ops import REGISTRY
 from .registry import VIEWS, can_lower
 
 ALIGN = 64
+INT8_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QConv", "QGemm"})
+"""Ops with integer kernels: their tensors (and views of them) may be uint8, int8 or int32."""
+INTEGER_DTYPES = ("uint8", "int8", "int32")
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,8 @@ def _check_lowerable(graph: Graph, nodes: list[Node], needed: set[Value]) -> Non
         where = [(node.op, node.name, node.domain, graph.opset)]
         for v in node.outputs + [i for i in node.inputs if i is not None]:
             if v in needed and v.type.dtype != "float32" and _concrete(v) is None:
+                if v.type.dtype in INTEGER_DTYPES and (node.op in INT8_OPS or node.op in VIEWS):
+                    continue
                 raise UnsupportedOpError(where, f"the cpu backend computes float32 only; '{v.name}' is {v.type}")
         if node.op == "Dropout" and len(node.outputs) > 1 and node.outputs[1] in needed:
             raise UnsupportedOpError(where, "the mask output is not supported")

@@ -59,6 +59,22 @@ class Target:
             return 128
         return 0
 
+    def int8_path(self) -> tuple[str, int]:
+        """The int8 dot-product instructions of the target and their width in bits:
+        ``("vnni", 512)`` (AVX512-VNNI), ``("vnni", 256)`` (AVX-VNNI or AVX512-VNNI with VL),
+        ``("pmaddwd", 512 | 256)`` (AVX512BW / AVX2) or ``("portable", bits)``. A named CPU
+        other than the host and the x86-64 levels has no known features here: portable."""
+        f = set(self.features)
+        if {"avx512vnni", "avx512bw"} <= f:
+            return "vnni", 512
+        if "avxvnni" in f or {"avx512vnni", "avx512vl"} <= f:
+            return "vnni", 256
+        if "avx512bw" in f:
+            return "pmaddwd", 512
+        if "avx2" in f:
+            return "pmaddwd", 256
+        return "portable", max(self.vector_bits(), 128)
+
     def vector_registers(self) -> int:
         return 32 if "avx512f" in self.features or self.triple.startswith("aarch64") else 16
 
