@@ -72,8 +72,9 @@ def ensure_cupy(install: bool):
         return cupy
     except ImportError:
         if not install:
-            sys.exit("gpu_check: CuPy is not installed. Install it with `pip install cupy-cuda12x` (or rerun with "
-                     "--install-cupy); target='cuda' loads its PTX through CuPy.")
+            print("gpu_check: CuPy is not installed. Install it with `pip install cupy-cuda12x` (or rerun with "
+                  "--install-cupy); target='cuda' loads its PTX through CuPy.", file=sys.stderr)
+            sys.exit(2)
     print("gpu_check: installing cupy-cuda12x with pip ...", flush=True)
     done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "cupy-cuda12x"], timeout=240)
     try:
