@@ -12,6 +12,7 @@ import numpy as np
 from onnx import NodeProto, TensorProto, helper, numpy_helper
 
 from ..ir import Node
+from ..ops import qmath
 from ..ops.activations import ACTIVATIONS
 from ..ops.fused import BINARY, POOL_ATTRS, parse_step
 
@@ -113,3 +114,144 @@ EXPANSIONS: dict[str, Expansion] = {
     "FusedGemm": expand_fused_gemm,
     "FusedElementwise": expand_fused_elementwise,
 }
+
+
+# -- int8 kernels ---------------------------------------------------------------------------------------
+def _const(fresh, base: str, array) -> tuple[str, TensorProto]:
+    name = fresh(base)
+    return name, numpy_helper.from_array(np.asarray(array), name)
+
+
+def _int8_tail(node: Node, current: str, fresh, nodes: list, inits: list, pool: bool) -> None:
+    """The epilogue after the integer op: clamp (uint8), activation and softmax (float), pool."""
+    out = node.outputs[0].name
+    stages = []
+    if node.attr("output_dtype", "uint8") == "uint8":
+        if node.attr("y_min", 0) > 0 or node.attr("y_max", 255) < 255:
+            stages.append("clamp")
+    elif node.attr("activation", ""):
+        stages.append("activation")
+    if node.attr("softmax", 0):
+        stages.append("softmax")
+    if pool and node.attr("pool_kernel") is not None:
+        stages.append("pool")
+    for i, stage in enumerate(stages):
+        target = out if i == len(stages) - 1 else fresh(f"{node.name}_{stage}")
+        if stage == "clamp":
+            lo, lo_init = _const(fresh, f"{node.name}_y_min", np.array(node.attr("y_min", 0), np.uint8))
+            hi, hi_init = _const(fresh, f"{node.name}_y_max", np.array(node.attr("y_max", 255), np.uint8))
+            inits += [lo_init, hi_init]
+            nodes.append(helper.make_node("Clip", [current, lo, hi], [target], name=fresh(f"{node.name}_clamp")))
+        elif stage == "activation":
+            more, extra = activation_nodes(node.attr("activation"), node.attr("activation_params", []), current,
+                                           target, fresh)
+            nodes += more
+            inits += extra
+        elif stage == "softmax":
+            nodes.append(helper.make_node("Softmax", [current], [target], name=fresh(f"{node.name}_softmax"), axis=-1))
+        else:
+            nodes.append(helper.make_node(
+                "MaxPool", [current], [target], name=fresh(f"{node.name}_pool"),
+                kernel_shape=list(node.attr("pool_kernel")), strides=list(node.attr("pool_strides")),
+                pads=list(node.attr("pool_pads")), dilations=list(node.attr("pool_dilations")),
+                ceil_mode=int(node.attr("pool_ceil_mode", 0))))
+        current = target
+    if not stages:
+        nodes[-1].output[0] = out
+
+
+def _rescale(node: Node, acc: str, scales, channel_shape, fresh, nodes, inits) -> str:
+    """``fp32(acc) * scales``: Cast, then Mul by the per-channel scales shaped to broadcast."""
+    as_float = fresh(f"{node.name}_acc_float")
+    nodes.append(helper.make_node("Cast", [acc], [as_float], name=fresh(f"{node.name}_cast"), to=TensorProto.FLOAT))
+    s, init = _const(fresh, f"{node.name}_scale", np.asarray(scales, np.float32).reshape(channel_shape))
+    inits.append(init)
+    scaled = fresh(f"{node.name}_scaled")
+    nodes.append(helper.make_node("Mul", [as_float, s], [scaled], name=fresh(f"{node.name}_rescale")))
+    return scaled
+
+
+def _channels(values, count: int, rank: int, axis: int):
+    shape = [1] * rank
+    shape[axis] = count if len(values) > 1 else 1
+    return shape
+
+
+def expand_qconv(node: Node, fresh):
+    """uint8 output: QLinearConv (+ Clip on uint8, + MaxPool on uint8); float output: ConvInteger
+    (+ Add of the int32 bias), Cast, Mul by x_scale * w_scale, activation, MaxPool."""
+    conv_attrs = {k: v for k, v in node.attrs.items()
+                  if k in ("kernel_shape", "strides", "pads", "dilations", "group", "auto_pad")}
+    x, w = node.inputs[0].name, node.inputs[1].name
+    bias = node.inputs[2].name if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    out_ch = node.inputs[1].type.shape[0]
+    rank = node.inputs[0].type.rank
+    scales = [float(s) for s in node.attr("w_scales")]
+    nodes: list[NodeProto] = []
+    inits: list[TensorProto] = []
+    xs, i1 = _const(fresh, f"{node.name}_x_scale", np.array(node.attr("x_scale"), np.float32))
+    xz, i2 = _const(fresh, f"{node.name}_x_zero_point", np.array(node.attr("x_zero_point"), np.uint8))
+    inits += [i1, i2]
+    current = fresh(f"{node.name}_conv")
+    if node.attr("output_dtype", "uint8") == "uint8":
+        ws, i3 = _const(fresh, f"{node.name}_w_scale", np.array(scales, np.float32) if len(scales) > 1
+                        else np.array(scales[0], np.float32))
+        wz, i4 = _const(fresh, f"{node.name}_w_zero_point", np.zeros(len(scales), np.int8) if len(scales) > 1
+                        else np.array(0, np.int8))
+        ys, i5 = _const(fresh, f"{node.name}_y_scale", np.array(node.attr("y_scale"), np.float32))
+        yz, i6 = _const(fresh, f"{node.name}_y_zero_point", np.array(node.attr("y_zero_point"), np.uint8))
+        inits += [i3, i4, i5, i6]
+        inputs = [x, xs, xz, w, ws, wz, ys, yz] + ([bias] if bias else [])
+        nodes.append(helper.make_node("QLinearConv", inputs, [current], name=node.name, **conv_attrs))
+    else:
+        nodes.append(helper.make_node("ConvInteger", [x, w, xz], [current], name=node.name, **conv_attrs))
+        if bias:
+            shape, init = _const(fresh, f"{node.name}_bias_shape", np.array([out_ch] + [1] * (rank - 2), np.int64))
+            inits.append(init)
+            b = fresh(f"{node.name}_bias_column")
+            nodes.append(helper.make_node("Reshape", [bias, shape], [b], name=fresh(f"{node.name}_bias_reshape")))
+            biased = fresh(f"{node.name}_biased")
+            nodes.append(helper.make_node("Add", [current, b], [biased], name=fresh(f"{node.name}_bias_add")))
+            current = biased
+        units = (np.float32(node.attr("x_scale")) * np.asarray(scales, np.float32)).tolist()
+        current = _rescale(node, current, units, _channels(units, out_ch, rank, 1), fresh, nodes, inits)
+    _int8_tail(node, current, fresh, nodes, inits, pool=True)
+    return nodes, inits
+
+
+def expand_qgemm(node: Node, fresh):
+    """MatMulInteger (+ Add of the int32 bias), Cast, Mul: float output = that times a_scale * b_scale
+    (+ activation, softmax); uint8 output = QuantizeLinear with scale 1 of that times the requantization
+    multiplier, which is QGemm's ``rint(fp32(acc) * M) + y_zp`` exactly (+ Clip)."""
+    a, b = node.inputs[0].name, node.inputs[1]
+    bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    nodes: list[NodeProto] = []
+    inits: list[TensorProto] = []
+    az, i2 = _const(fresh, f"{node.name}_a_zero_point", np.array(node.attr("a_zero_point"), np.uint8))
+    inits.append(i2)
+    bt = fresh(f"{node.name}_b_kn")
+    nodes.append(helper.make_node("Transpose", [b.name], [bt], name=fresh(f"{node.name}_b_transpose"), perm=[1, 0]))
+    acc = fresh(f"{node.name}_acc")
+    nodes.append(helper.make_node("MatMulInteger", [a, bt, az], [acc], name=node.name))
+    if bias is not None:
+        biased = fresh(f"{node.name}_biased")
+        nodes.append(helper.make_node("Add", [acc, bias.name], [biased], name=fresh(f"{node.name}_bias_add")))
+        acc = biased
+    scales = [float(s) for s in node.attr("b_scales")]
+    if node.attr("output_dtype", "uint8") == "uint8":
+        factors = qmath.multipliers(node.attr("a_scale"), scales, node.attr("y_scale")).tolist()
+    else:
+        factors = (np.float32(node.attr("a_scale")) * np.asarray(scales, np.float32)).tolist()
+    current = _rescale(node, acc, factors, [len(factors)], fresh, nodes, inits)
+    if node.attr("output_dtype", "uint8") == "uint8":
+        one, i3 = _const(fresh, f"{node.name}_unit_scale", np.array(1.0, np.float32))
+        yz, i4 = _const(fresh, f"{node.name}_y_zero_point", np.array(node.attr("y_zero_point"), np.uint8))
+        inits += [i3, i4]
+        quantized = fresh(f"{node.name}_requantized")
+        nodes.append(helper.make_node("QuantizeLinear", [current, one, yz], [quantized], name=fresh(f"{node.name}_q")))
+        current = quantized
+    _int8_tail(node, current, fresh, nodes, inits, pool=False)
+    return nodes, inits
+
+
+EXPANSIONS.update({"QConv": expand_qconv, "QGemm": expand_qgemm})

@@ -392,6 +392,43 @@ def convert_dropout(ctx, proto, name, attrs):
     ctx.add("Dropout", name, inputs[:1], list(proto.output))
 
 
+# -- quantization (opset 10+) ---------------------------------------------------------------------
+for _op in ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"):
+    converter(_op, since=10)(same(_op))
+
+
+def _quantize_linear(op: str) -> Converter:
+    """QuantizeLinear / DequantizeLinear of any opset as the IR's opset-13 form. Opset 10 has no
+    ``axis`` (per tensor only); 19's ``saturate`` concerns float8 only; 21's ``block_size`` (blocked
+    quantization) and any ``output_dtype`` / ``precision`` other than int8/uint8/float32 are refused."""
+    def convert(ctx, proto, name, attrs):
+        inputs = _inputs(ctx, proto)
+        if ctx.opset < 13 and inputs[1] is not None and inputs[1].type.rank > 0 and inputs[1].type.shape != (1,):
+            raise ModelFormatError(f"node '{name}' ({op}): opset {ctx.opset} takes a scalar scale, "
+                                   f"got {inputs[1].type}")
+        if attrs.get("block_size", 0):
+            raise _unsupported(ctx, proto, name, "blocked quantization (block_size) is not supported")
+        if attrs.get("precision", 0) not in (0, onnx.TensorProto.FLOAT):
+            raise _unsupported(ctx, proto, name, "only float32 precision is supported")
+        wanted = attrs.get("output_dtype", 0)
+        if op == "QuantizeLinear" and wanted:
+            dtypes = {onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT8: np.int8}
+            if wanted not in dtypes:
+                raise _unsupported(ctx, proto, name, f"output_dtype {onnx.TensorProto.DataType.Name(wanted)} is "
+                                   "not supported (int8 and uint8 are)")
+            if len(inputs) < 3 or inputs[2] is None:
+                inputs = inputs[:2] + [ctx.constant(f"{name}_zero_point", np.zeros((), dtypes[wanted]))]
+        elif op == "DequantizeLinear" and wanted not in (0, onnx.TensorProto.FLOAT):
+            raise _unsupported(ctx, proto, name, "only a float32 output is supported")
+        kept = {"axis": attrs["axis"]} if "axis" in attrs else {}
+        ctx.add(op, name, inputs, list(proto.output), kept)
+    return convert
+
+
+for _op in ("QuantizeLinear", "DequantizeLinear"):
+    converter(_op, since=10)(_quantize_linear(_op))
+
+
 @converter("Constant", since=1)
 def convert_constant(ctx, proto, name, attrs):
     if len(attrs) != 1:

@@ -78,7 +78,9 @@ def pool_window(node: Node):
 
 
 def infer_maxpool(node: Node) -> list[TensorType]:
-    x = _float_input(node)
+    x = node.inputs[0].type
+    if x.dtype not in ("uint8", "int8"):  # uint8/int8: quantized activations (ONNX MaxPool-12)
+        x = _float_input(node)
     require(node, x.rank >= 3, f"expects [N, C, spatial...], got {x}")
     require(node, len(node.outputs) == 1, "the Indices output is not supported")
     require(node, node.attr("storage_order", 0) == 0, "storage_order=1 is not supported")
@@ -89,8 +91,9 @@ def infer_maxpool(node: Node) -> list[TensorType]:
 def reference_maxpool(node: Node, inputs):
     x = inputs[0]
     win = pool_window(node)
-    padded, views = sliding_views(x, win, -np.inf)
-    out = np.full((x.shape[0], x.shape[1], *win.out), -np.inf, x.dtype)
+    lowest = np.iinfo(x.dtype).min if x.dtype.kind in "iu" else -np.inf
+    padded, views = sliding_views(x, win, lowest)
+    out = np.full((x.shape[0], x.shape[1], *win.out), lowest, x.dtype)
     for _, idx in views:
         out = np.maximum(out, padded[idx])
     return [out]

@@ -43,14 +43,14 @@ QUANT_DTYPES = ("uint8", "int8")
 
 
 # -- shared helpers --------------------------------------------------------------------------
-def _scale_and_zero_point(node: Node, inputs, axis_dim_index: int):
-    """(scale array, zero point array broadcastable to the data, dtype of the quantized side)."""
+def _scale_and_zero_point(node: Node, inputs):
+    """(scale array, zero point array) broadcastable to the data; ``axis`` matters only per axis."""
     scale = inputs[1]
     zp = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None
     data = inputs[0]
     if scale.size > 1:
         shape = [1] * data.ndim
-        shape[axis_dim_index] = scale.size
+        shape[_axis(node, data.ndim)] = scale.size
         scale = scale.reshape(shape)
         zp = zp.reshape(shape) if zp is not None else None
     return scale, zp
@@ -69,8 +69,9 @@ def _check_scale(node: Node, data: TensorType, scale: Value, zp) -> None:
         axis = _axis(node, data.rank)
         require(node, scale.type.shape[0] == data.shape[axis],
                 f"per-axis scale {scale.type} does not match axis {axis} of {data}")
-    if zp is not None:
-        require(node, zp.type.shape == scale.type.shape,
+    if zp is not None:  # a scalar and a [1] are the same per-tensor parameter (ORT writes such pairs)
+        per_tensor = scale.type.shape in ((), (1,)) and zp.type.shape in ((), (1,))
+        require(node, per_tensor or zp.type.shape == scale.type.shape,
                 f"zero point {zp.type} does not have the scale's shape {scale.type}")
 
 
@@ -87,7 +88,7 @@ def infer_quantize(node: Node) -> list[TensorType]:
 
 def reference_quantize(node: Node, inputs):
     x = inputs[0]
-    scale, zp = _scale_and_zero_point(node, inputs, _axis(node, x.ndim))
+    scale, zp = _scale_and_zero_point(node, inputs)
     dtype = node.outputs[0].type.dtype if node.outputs else (zp.dtype if zp is not None else np.uint8)
     return [qmath.quantize(x, scale, 0 if zp is None else zp, np.dtype(dtype))]
 
@@ -104,7 +105,7 @@ def infer_dequantize(node: Node) -> list[TensorType]:
 
 def reference_dequantize(node: Node, inputs):
     x = inputs[0]
-    scale, zp = _scale_and_zero_point(node, inputs, _axis(node, x.ndim))
+    scale, zp = _scale_and_zero_point(node, inputs)
     return [qmath.dequantize(x, scale, 0 if zp is None else zp)]
 
 

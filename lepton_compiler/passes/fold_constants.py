@@ -18,6 +18,11 @@ at load time, where the node itself makes it at run time from a few small inputs
 it saves little work and costs much space."""
 
 
+KEPT_OPS = ("DequantizeLinear",)
+"""Not folded, as ONNX Runtime does not: a DequantizeLinear of int8 weights is what fuse-qdq (-O2)
+turns into an int8 kernel; folded it would be fp32 weights. fuse-qdq folds the ones it leaves."""
+
+
 def fold_constants(graph: Graph, options: PassOptions) -> PassResult:
     """f(c1, ..., cn) -> c, and f(x) -> c when inference knows f(x) without symbols (Shape of a static x).
 
@@ -29,7 +34,7 @@ def fold_constants(graph: Graph, options: PassOptions) -> PassResult:
     g = graph.copy()
     kept = []
     for node in g.nodes:
-        arrays = _folded_outputs(node)
+        arrays = None if node.op in KEPT_OPS else _folded_outputs(node)
         if arrays is None:
             kept.append(node)
             continue

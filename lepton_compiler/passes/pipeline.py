@@ -18,14 +18,21 @@ from .fold_constants import FOLD_CONSTANTS
 from .fuse_activation import FUSE_ACTIVATION
 from .fuse_elementwise import FUSE_ELEMENTWISE
 from .fuse_pool import FUSE_POOL
+from .fuse_qdq import FUSE_QDQ
 from .fuse_residual import FUSE_RESIDUAL
 from .fuse_softmax import FUSE_SOFTMAX
 from .identity import REMOVE_IDENTITY
+from .lower_qlinear import LOWER_QLINEAR
 from .matmul_add_to_gemm import MATMUL_ADD_TO_GEMM
 from .transpose import TRANSPOSE_CANCEL
 
 CLEANUP = [REMOVE_IDENTITY, FOLD_CONSTANTS, CANONICALIZE_RESHAPE, TRANSPOSE_CANCEL, CSE, DEAD_CODE]
 """-O1: the graph the user wrote, without dead weight (what ONNX Runtime's basic level does)."""
+
+QUANT = [LOWER_QLINEAR, FUSE_QDQ, DEAD_CODE]
+"""-O2: a model quantized elsewhere (QOperator ops, or QDQ pairs around float layers) onto lepton's int8
+kernels (QConv, QGemm). First in -O2 so the algebra and fusion passes see the result; after CLEANUP,
+whose fold-constants leaves DequantizeLinear alone (fuse-qdq reads the int8 weights behind it)."""
 
 ALGEBRA = [FOLD_BATCHNORM, FOLD_CHANNEL_AFFINE, MATMUL_ADD_TO_GEMM, DEAD_CODE]
 """-O2: fold constant arithmetic into weights (the results differ only by float rounding)."""
@@ -36,8 +43,8 @@ FUSION = [FUSE_RESIDUAL, FUSE_ACTIVATION, FUSE_POOL, FUSE_SOFTMAX, FUSE_ELEMENTW
 LEVELS: dict[int, list[Pass]] = {
     0: [],
     1: CLEANUP,
-    2: CLEANUP + ALGEBRA,
-    3: CLEANUP + ALGEBRA + FUSION,
+    2: CLEANUP + QUANT + ALGEBRA,
+    3: CLEANUP + QUANT + ALGEBRA + FUSION,
 }
 
 AfterPass = Callable[[Pass, Graph, float], None]
