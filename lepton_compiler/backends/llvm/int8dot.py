@@ -276,10 +276,12 @@ class Epilogue:
         else:
             factor[:out_channels] = qmath.input_scales(x_scale, w_scales)
         self.factor = k.constant(f"{node.name}.requant", factor)
+        self.factor_values = factor[:out_channels]
         self.activation = node.attr("activation", "")
         self.activation_params = list(node.attr("activation_params", []))
         self.element = I8 if self.uint8 else F32
         self.out_type = ir.VectorType(self.element, lanes)
+        self.acc_type = ir.VectorType(I32, lanes)
 
     def initial(self, block: ir.Value) -> ir.Value:
         """The accumulator's starting vector for channel block ``block``."""

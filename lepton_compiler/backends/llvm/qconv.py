@@ -152,9 +152,10 @@ class QConvKernel:
         oh, ow = b.udiv(p, k.i64(g.out_w)), b.urem(p, k.i64(g.out_w))
         return b.add(b.mul(oh, k.i64(g.s_h * self.ws * self.cstride)), b.mul(ow, k.i64(g.s_w * self.cstride)))
 
-    def emit_tile(self, stage, p0: ir.Value, width: int, block0: ir.Value, blocks: int, dst, row0: ir.Value) -> None:
+    def emit_tile(self, stage, p0: ir.Value, width: int, block0: ir.Value, blocks: int, dst, row0: ir.Value,
+                  raw: bool = False) -> None:
         """Positions ``p0 .. p0+width`` x channel blocks ``block0 .. block0+blocks`` into
-        ``dst[(row0 + t) * ocpad + channel]``."""
+        ``dst[(row0 + t) * ocpad + channel]``: finished, or the int32 accumulators if ``raw``."""
         k, b, path = self.k, self.k.b, self.path
         bases = [self.base(b.add(p0, k.i64(t))) for t in range(width)]
         blocks_ir = [b.add(block0, k.i64(j)) for j in range(blocks)]
@@ -170,11 +171,11 @@ class QConvKernel:
                     b.store(path.dot(k, b.load(acc[t][j]), xv, ws[j]), acc[t][j])
         for t in range(width):
             for j, blk in enumerate(blocks_ir):
-                out = self.epilogue.finish(b.load(acc[t][j]), blk)
+                out = b.load(acc[t][j]) if raw else self.epilogue.finish(b.load(acc[t][j]), blk)
                 at = b.add(b.mul(b.add(row0, k.i64(t)), k.i64(self.ocpad)), b.mul(blk, k.i64(self.lanes)))
                 vec_store(k, out, dst, at)
 
-    def emit_range(self, stage, p0: ir.Value, length: int, dst) -> None:
+    def emit_range(self, stage, p0: ir.Value, length: int, dst, raw: bool = False) -> None:
         """Output positions ``p0 .. p0+length`` (all channels) into ``dst[position - p0][channel]``."""
         k, b = self.k, self.k.b
         tile, blocks = self.tile, self.tile_blocks
@@ -184,10 +185,10 @@ class QConvKernel:
             if full:
                 with k.loop(full, name="tile") as t:
                     row0 = b.mul(t, k.i64(tile))
-                    self.emit_tile(stage, b.add(p0, row0), tile, block0, blocks, dst, row0)
+                    self.emit_tile(stage, b.add(p0, row0), tile, block0, blocks, dst, row0, raw)
             if length % tile:
                 row0 = k.i64(full * tile)
-                self.emit_tile(stage, b.add(p0, row0), length % tile, block0, blocks, dst, row0)
+                self.emit_tile(stage, b.add(p0, row0), length % tile, block0, blocks, dst, row0, raw)
 
     def write_out(self, n: ir.Value, src, p0: ir.Value, length: int, plane: int) -> None:
         """``y[n, c, p0 + i] = src[i][c]`` for the real channels."""
@@ -230,6 +231,13 @@ class QConvKernel:
     def pooled(self) -> bool:
         return self.node.attr("pool_kernel") is not None
 
+    def pool_raw(self) -> bool:
+        """Whether to max-pool the int32 accumulators and requantize only the pooled values:
+        exact for a uint8 output, whose requantization is non-decreasing in the accumulator
+        when every multiplier is positive."""
+        ep = self.epilogue
+        return ep.uint8 and bool(np.all(ep.factor_values > 0))
+
     def emit_pooled(self, stage, element, work) -> None:
         k, g, b = self.k, self.g, self.k.b
         conv_type = TensorType("float32", self.conv_shape)
@@ -237,9 +245,12 @@ class QConvKernel:
         p = Geometry2D.of(self.node, self.conv_shape[2:], pool_window(pnode))
         pooled_shape = infer_maxpool(pnode)[0].shape
         plane = shape_product(pooled_shape[2:])
-        rows = [k.stack_array(element, g.out_w * self.ocpad) for _ in range(p.k_h)]
-        pooled_row = k.stack_array(element, p.out_w * self.ocpad)
         ep = self.epilogue
+        raw = self.pool_raw()
+        row_type = ep.acc_type if raw else ep.out_type
+        rows = [k.stack_array(row_type.element, g.out_w * self.ocpad) for _ in range(p.k_h)]
+        pooled_row = k.stack_array(element, p.out_w * self.ocpad)
+        lowest = ir.Constant(row_type, [-(2 ** 31)] * self.lanes) if raw else ep.lowest()
         with k.parallel_loop(self.x.type.shape[0], work, name="img") as n:
             self.emit_stage(n, stage)
             with k.loop(p.out_h, name="ph") as ph:
@@ -249,19 +260,23 @@ class QConvKernel:
                     ok = k.in_range(oh, p.in_h)
                     valid.append(ok)
                     with b.if_then(ok):
-                        self.emit_range(stage, b.mul(oh, k.i64(g.out_w)), g.out_w, rows[pkh])
+                        self.emit_range(stage, b.mul(oh, k.i64(g.out_w)), g.out_w, rows[pkh], raw)
                 with k.loop(p.out_w, name="pw") as pw:
                     for j in range(self.blocks_total):
-                        best = k.scalar_slot(ep.lowest())
+                        best = k.scalar_slot(lowest)
                         for pkh in range(p.k_h):
                             with b.if_then(valid[pkh]):
                                 for pkw in range(p.k_w):
                                     col = b.add(b.mul(pw, k.i64(p.s_w)), k.i64(pkw * p.d_w - p.p_left))
                                     with b.if_then(k.in_range(col, p.in_w)):
                                         at = b.add(b.mul(col, k.i64(self.ocpad)), k.i64(j * self.lanes))
-                                        b.store(ep.vmax(b.load(best), vec_load(k, rows[pkh], at, ep.out_type)), best)
-                        vec_store(k, b.load(best), pooled_row, b.add(b.mul(pw, k.i64(self.ocpad)),
-                                                                     k.i64(j * self.lanes)))
+                                        v = vec_load(k, rows[pkh], at, row_type)
+                                        b.store(k.intrinsic("llvm.smax", b.load(best), v) if raw
+                                                else ep.vmax(b.load(best), v), best)
+                        value = b.load(best)
+                        if raw:
+                            value = ep.finish(value, k.i64(j))
+                        vec_store(k, value, pooled_row, b.add(b.mul(pw, k.i64(self.ocpad)), k.i64(j * self.lanes)))
                 self.write_out(n, pooled_row, b.mul(ph, k.i64(p.out_w)), p.out_w, plane)
 
 
