@@ -60,7 +60,9 @@ def compile(model: ModelSource, target: str = "cpu", opt_level: int = 3, quantiz
             calibration=None, providers=None, threads: Optional[int] = None, *, mcpu: Optional[str] = None,
             verify: bool = False, after_pass: Optional[Callable] = None, provider_options=None,
             strict: bool = False, ort_optimization: Optional[str] = None, keep: Optional[Sequence[str]] = None,
-            max_memory=None, gpu: Optional[str] = None):
+            max_memory=None, gpu: Optional[str] = None, calibration_method: Optional[str] = None,
+            keep_fp32: Optional[Sequence[str]] = None, max_accuracy_drop: Optional[float] = None, labels=None,
+            max_error: Optional[float] = None):
     """Compile an ONNX model (path, bytes or ModelProto).
 
     ``target="cpu"``: native code for this CPU (or ``mcpu``); returns a ``CompiledModel``.
@@ -76,7 +78,21 @@ def compile(model: ModelSource, target: str = "cpu", opt_level: int = 3, quantiz
     (an int, or a string such as ``"512M"``, ``"4G"``); default ``$LEPTON_MAX_MEMORY``, else the
     physical memory. A model over it is a ``ResourceError``; a run whose batch would go over it is an
     ``InputError`` (see ``runtime/limits.py``).
+    ``quantize="int8"`` (target cpu): post-training static quantization with ``calibration`` (an .npz
+    with one array per input, a dict of arrays or an iterable of feed dicts), ``calibration_method``
+    ("minmax", the default, "percentile" or "entropy"), ``keep_fp32`` (layer names to leave fp32), and
+    optionally an accuracy bound: ``max_accuracy_drop`` (top-1 points, with ``labels`` for the
+    calibration samples) or ``max_error`` (max abs output error); see ``lepton_compiler/quantize``.
+    The model's ``summary["quantization"]`` says what was quantized; ``model.quantization.report()``
+    gives the per-layer error (``quantization_report``).
     """
+    quantize_request = dict(quantize=quantize, calibration=calibration, calibration_method=calibration_method,
+                            keep_fp32=keep_fp32, max_accuracy_drop=max_accuracy_drop, labels=labels,
+                            max_error=max_error)
+    if target != "cpu" and any(v is not None for k, v in quantize_request.items()
+                               if k not in ("quantize", "calibration")):
+        raise LeptonError("calibration_method=, keep_fp32=, max_accuracy_drop=, labels= and max_error= apply to "
+                          "quantize='int8' with target='cpu'")
     if target == "cuda":   # NVIDIA GPUs through LLVM's NVPTX target; see backends/nvptx, docs/cuda.md
         from .backends.nvptx.compiler import compile_cuda
         return compile_cuda(model, gpu=gpu, opt_level=opt_level, verify=verify, after_pass=after_pass, keep=keep,
@@ -87,8 +103,10 @@ def compile(model: ModelSource, target: str = "cpu", opt_level: int = 3, quantiz
         raise LeptonError("gpu= applies to target='cuda'")
     if target not in ("cpu", "ort"):
         raise LeptonError(f"target {target!r} is not available in this version; use target='cpu' or 'ort'")
-    if quantize is not None:
-        raise LeptonError(f"quantize={quantize!r} is not available in this version; use quantize=None")
+    from .quantize import check_request
+    check_request(**quantize_request)
+    if quantize is not None and target != "cpu":
+        raise LeptonError(f"quantize={quantize!r} applies to target='cpu'")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise LeptonError(f"threads must be a positive int or None, not {threads!r}")
     parse_size(max_memory)
@@ -116,6 +134,9 @@ def compile(model: ModelSource, target: str = "cpu", opt_level: int = 3, quantiz
     check_initializers(proto, max_memory)
     model_bytes = proto.SerializeToString()
     options = {"opt_level": opt_level, "threads": threads, "mcpu": mcpu, "max_memory": max_memory}
+    if quantize is not None:
+        graph = optimize(proto, opt_level, verify=verify, after_pass=after_pass, keep=keep)
+        return compile_quantized(graph, model_bytes, options, mcpu=mcpu, **quantize_request)
 
     def build() -> CompiledModel:
         stages = len(passes_for_level(opt_level)) + 1
@@ -135,6 +156,34 @@ def compile(model: ModelSource, target: str = "cpu", opt_level: int = 3, quantiz
     settings = {**options, "keep": list(keep or []), "verify": verify}
     key = cache_key(model_bytes, resolve_target(mcpu).to_json(), settings)
     return cached(key, build, load=load_artifact, save=lambda m, path: m.save(path))
+
+
+def compile_quantized(graph: Graph, model_bytes: bytes, options: dict, *, mcpu: Optional[str], quantize: str,
+                      calibration, calibration_method: Optional[str], keep_fp32, max_accuracy_drop, labels,
+                      max_error) -> CompiledModel:
+    """Quantize the optimized fp32 ``graph`` (``lepton_compiler/quantize``) and lower the int8 graph.
+    Not cached: calibration runs each time. The options keep the calibration table and the layers
+    left fp32 on request, so that an artifact recompiled for another CPU gets the same graph."""
+    from .quantize import quantize_graph_with
+    q = quantize_graph_with(graph, calibration, calibration_method or "minmax", keep_fp32,
+                            max_accuracy_drop=max_accuracy_drop, labels=labels, max_error=max_error)
+    options = {**options, "quantize": quantize, "calibration": q.calibration.to_json(),
+               "calibration_method": q.calibration.method, "keep_fp32": list(q.keep_fp32)}
+    model = compile_graph(q.graph, model_bytes, mcpu=mcpu, options=options)
+    model.summary["quantization"] = q.summary()
+    model.quantization = q
+    return model
+
+
+def quantization_report(model):
+    """The per-layer error of an int8 ``CompiledModel`` against its fp32 graph on the calibration
+    data (a ``QuantizationReport``: ``.format()`` is the table, ``.to_json()``), as
+    ``lepton compile --quantize int8 --report`` prints it."""
+    q = getattr(model, "quantization", None)
+    if q is None:
+        raise LeptonError("quantization_report needs a model compiled here with quantize='int8' "
+                          "(a loaded artifact keeps only summary['quantization'])")
+    return q.report()
 
 
 def compile_graph(graph: Graph, model_bytes: bytes = b"", *, mcpu: Optional[str] = None,

@@ -84,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--print-ir-after-all", action="store_true", help="print the IR after each pass")
     c.add_argument("--verify", action="store_true", help="run the IR verifier after each pass")
     c.add_argument("--report", action="store_true", help="print the fusion report: where each fusion pattern "
-                   "fired and why candidates did not fuse (alone, without -o or --emit: only the report)")
+                   "fired and why candidates did not fuse (alone, without -o or --emit: only the report); with "
+                   "--quantize: the per-layer error of int8 against fp32 on the calibration data")
+    from .quantize.cli import add_arguments as quantize_arguments
+    quantize_arguments(c)
 
     r = sub.add_parser("run", help="run a compiled artifact on .npy inputs")
     r.add_argument("artifact")
@@ -153,6 +156,9 @@ def cmd_compile(args) -> int:
     from . import api
 
     after_pass = _print_ir_after_pass if args.print_ir_after_all else None
+    from .quantize import cli as quantize_cli
+    if quantize_cli.requested(args):
+        return quantize_cli.compile_command(args, after_pass, _write, _print_summary)
     if args.report:
         from .tools.report import fusion_report
         print(fusion_report(args.model, args.opt_level), file=sys.stderr if args.emit and not args.output else sys.stdout)

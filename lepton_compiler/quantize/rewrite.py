@@ -1,0 +1,338 @@
+"""The quantize rewrite: an optimized fp32 graph and its calibration -> an int8 graph.
+
+Layers are the graph's Conv/FusedConv and Gemm/FusedGemm nodes (after -O3: with Relu, Clip
+and max pooling, or a softmax, fused). Each becomes ``lepton.QConv`` / ``lepton.QGemm``
+under the node's own name (the original ONNX Conv/Gemm name, which fused nodes keep):
+
+* weights: symmetric int8 per output channel (``qmath.symmetric_int8``); a Gemm's ``alpha``
+  and ``transB`` are folded into them, ``beta * C`` into the bias;
+* bias: int32 in accumulator units (``qmath.quantize_bias``);
+* the input: uint8 with the scale and zero point of its calibrated range
+  (``qmath.choose_uint8``);
+* the output: **uint8** when every reader takes it in int8 (int8 layers, possibly through
+  views such as Flatten) and the fused activation is none, Relu or Clip: Relu and Clip
+  become the clamp ``[y_min, y_max]`` in the quantized domain, pooling stays fused (it
+  commutes with the monotonic requantization). Otherwise **float32**: the layer ends an int8
+  region and applies its activation (and softmax) in fp32, so no DequantizeLinear is needed.
+
+A ``QuantizeLinear`` is inserted where an int8 layer reads a float value (the start of an
+int8 region), once per value however many int8 layers read it. Views of a uint8 value are
+uint8 and share its scale.
+
+Layers that stay fp32 (each ``LayerDecision`` says why):
+
+* unsupported: weights or bias not constant, a fused residual add, a Gemm with ``transA``
+  or a bias that is not one value per output column, a non-float input;
+* ``keep_fp32`` names them;
+* not worth it: fewer than ``MIN_MACS`` multiply-adds per batch item in a layer whose
+  input does not already come from an int8 layer. Such a layer would open an int8 region
+  for itself alone: quantizing its input costs about as much as its int8 arithmetic saves,
+  and it adds error for nothing. (The same small layer after an int8 layer costs no
+  conversion and is quantized: MNIST's fc2, 640 multiply-adds, with its softmax.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Optional
+
+import numpy as np
+
+from ..errors import LeptonError
+from ..ir import Graph, Node, TensorType, Value
+from ..ops import infer_graph, qmath
+from ..ops.fused import DOMAIN, POOL_ATTRS, conv_output_type
+from ..ops.registry import REGISTRY, OpKind
+
+MIN_MACS = 4096
+"""Multiply-adds per batch item below which a layer does not open an int8 region of its own."""
+CONV_OPS = ("Conv", "FusedConv")
+GEMM_OPS = ("Gemm", "FusedGemm")
+CLAMP_ACTIVATIONS = ("", "Relu", "Clip")
+"""Fused activations a uint8 output expresses as ``[y_min, y_max]``."""
+CONV_ATTRS = ("kernel_shape", "strides", "pads", "dilations", "group", "auto_pad")
+
+
+@dataclass(frozen=True)
+class LayerDecision:
+    """What the rewrite did with one layer."""
+
+    name: str
+    op: str                  # "Conv" or "Gemm"
+    int8: bool
+    output: str              # int8: "uint8" or "float32"; fp32: ""
+    reason: str              # fp32: why; int8: ""
+    macs: int                # multiply-adds per batch item
+
+
+@dataclass
+class QuantizedGraph:
+    graph: Graph
+    layers: list[LayerDecision]
+    params: dict[str, tuple[float, int]] = field(default_factory=dict)
+    """Scale and zero point of each uint8 value (by name)."""
+
+    @property
+    def int8_layers(self) -> list[str]:
+        return [d.name for d in self.layers if d.int8]
+
+    @property
+    def fp32_layers(self) -> list[str]:
+        return [d.name for d in self.layers if not d.int8]
+
+
+# -- recognizing layers ------------------------------------------------------------------------
+def is_layer(node: Node) -> bool:
+    return node.domain in ("", DOMAIN) and node.op in CONV_OPS + GEMM_OPS
+
+
+def layers(graph: Graph) -> list[Node]:
+    return [n for n in graph.nodes if is_layer(n)]
+
+
+def _input(node: Node, index: int) -> Optional[Value]:
+    return node.inputs[index] if len(node.inputs) > index else None
+
+
+def _gemm_bias(node: Node, n: int) -> Optional[np.ndarray]:
+    """``beta * C`` as one value per output column, or None when there is no C."""
+    c = _input(node, 2)
+    if c is None:
+        return None
+    arr = np.asarray(c.const, np.float32)
+    if arr.size not in (1, n) or (arr.ndim == 2 and arr.shape[0] != 1) or arr.ndim > 2:
+        raise ValueError
+    return (np.broadcast_to(arr.reshape(-1), (n,)) * np.float32(node.attr("beta", 1.0))).astype(np.float32)
+
+
+def unsupported(node: Node) -> Optional[str]:
+    """Why ``node`` (a layer) has no int8 form, or None."""
+    x, w, bias = node.inputs[0], node.inputs[1], _input(node, 2)
+    if x.type.dtype != "float32":
+        return f"its input is {x.type.dtype}"
+    if not w.is_const:
+        return "its weights are not constant"
+    if bias is not None and not bias.is_const:
+        return "its bias is not constant"
+    if node.op in CONV_OPS:
+        if _input(node, 3) is not None:
+            return "a fused residual add has no int8 form"
+        return None
+    if node.attr("transA", 0):
+        return "transA is not supported in int8"
+    if x.type.rank != 2 or w.type.rank != 2:
+        return "not a matrix product"
+    n = w.type.shape[0] if node.attr("transB", 0) else w.type.shape[1]
+    try:
+        _gemm_bias(node, n)
+    except ValueError:
+        return f"its bias {bias.type} is not one value per output column"
+    return None
+
+
+def layer_macs(node: Node) -> int:
+    """Multiply-adds per batch item."""
+    w = node.inputs[1].type.shape
+    if node.op in CONV_OPS:
+        out = conv_output_type(node).shape if node.op == "FusedConv" else node.outputs[0].type.shape
+        spatial = int(np.prod([d for d in out[2:]], dtype=np.int64))
+        return spatial * int(np.prod(w, dtype=np.int64))
+    return int(np.prod(w, dtype=np.int64))
+
+
+def is_view(node: Node) -> bool:
+    return REGISTRY[node.op].kind is OpKind.VIEW and node.domain == "" and \
+        all(v is None or v.is_const for v in node.inputs[1:])
+
+
+def observed_values(graph: Graph) -> list[str]:
+    """The values calibration must observe: the input and output of every supported layer."""
+    names: list[str] = []
+    for node in layers(graph):
+        if unsupported(node) is None:
+            for v in (node.inputs[0], node.outputs[0]):
+                if v.name not in names:
+                    names.append(v.name)
+    return names
+
+
+def check_keep_fp32(graph: Graph, keep_fp32) -> set[str]:
+    if keep_fp32 is None:
+        return set()
+    names = [keep_fp32] if isinstance(keep_fp32, str) else list(keep_fp32)
+    valid = [n.name for n in layers(graph)]
+    for name in names:
+        if not isinstance(name, str):
+            raise LeptonError(f"keep_fp32= takes layer names (strings), got {name!r}")
+        if name not in valid:
+            raise LeptonError(f"keep_fp32: the model has no conv or dense layer {name!r}; "
+                              f"its layers: {', '.join(valid) or '(none)'}")
+    return set(names)
+
+
+# -- the rewrite -------------------------------------------------------------------------------
+class _Builder:
+    """Collects new constants and nodes with names unique in the graph."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.names = {v.name for v in graph.values()} | {n.name for n in graph.nodes}
+
+    def unique(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.names:
+            k += 1
+            name = f"{base}_{k}"
+        self.names.add(name)
+        return name
+
+    def const(self, base: str, array: np.ndarray) -> Value:
+        v = Value(self.unique(base), TensorType(str(array.dtype), tuple(array.shape)), array)
+        self.graph.constants.append(v)
+        return v
+
+
+def quantize_graph(graph: Graph, ranges: Mapping[str, tuple[float, float]],
+                   keep_fp32: Optional[Iterable[str]] = None, min_macs: int = MIN_MACS) -> QuantizedGraph:
+    """The int8 form of ``graph`` (not modified) given calibrated ``ranges`` (value name -> (lo, hi));
+    ``min_macs``: the "not worth it" threshold (0 turns the rule off)."""
+    g = graph.copy()
+    keep = check_keep_fp32(g, keep_fp32)
+    users = g.users()
+    outputs = set(g.outputs)
+
+    def from_int8_layer(value: Value) -> bool:
+        p = value.producer
+        while p is not None and is_view(p):
+            p = p.inputs[0].producer
+        return p is not None and p in int8
+
+    int8: set[Node] = set()
+    reasons: dict[Node, str] = {}
+    macs = {node: layer_macs(node) for node in layers(g)}
+    for node in layers(g):
+        reason = unsupported(node)
+        if reason is None and node.name in keep:
+            reason = "keep_fp32"
+        if reason is None and macs[node] < min_macs and not from_int8_layer(node.inputs[0]):
+            reason = (f"not worth it: {macs[node]:,} multiply-adds per item would open an int8 region "
+                      f"of their own (fewer than {min_macs:,})")
+        if reason is None:
+            missing = [v.name for v in (node.inputs[0], node.outputs[0]) if v.name not in ranges]
+            if missing:
+                raise LeptonError(f"quantize: no calibrated range for {missing[0]!r} (layer {node.name!r})")
+            int8.add(node)
+        else:
+            reasons[node] = reason
+
+    def int8_readers_only(value: Value) -> bool:
+        readers = users.get(value, [])
+        if value in outputs or not readers:
+            return False
+        for r in readers:
+            if r in int8 and r.inputs[0] is value and value not in r.inputs[1:]:
+                continue
+            if is_view(r) and r.inputs[0] is value and int8_readers_only(r.outputs[0]):
+                continue
+            return False
+        return True
+
+    b = _Builder(g)
+    params: dict[Value, tuple[float, int]] = {}     # uint8 values: (scale, zero point)
+    quantized: dict[Value, Value] = {}              # float value -> its QuantizeLinear output
+    nodes: list[Node] = []
+    decisions = []
+
+    def choose(value: Value) -> tuple[float, int]:
+        return qmath.choose_uint8(*ranges[value.name])
+
+    for node in g.nodes:
+        if is_view(node) and node.inputs[0] in params:
+            params[node.outputs[0]] = params[node.inputs[0]]
+            nodes.append(node)
+            continue
+        if node not in int8:
+            if is_layer(node):
+                decisions.append(LayerDecision(node.name, _kind(node), False, "", reasons[node], macs[node]))
+            nodes.append(node)
+            continue
+        x = node.inputs[0]
+        if x not in params:
+            if x not in quantized:
+                scale, zp = choose(x)
+                q = Value(b.unique(f"{x.name}_quantized"), TensorType("uint8", x.type.shape))
+                nodes.append(Node("QuantizeLinear", b.unique(f"{x.name}/QuantizeLinear"),
+                                  [x, b.const(f"{x.name}_scale", np.array(scale, np.float32)),
+                                   b.const(f"{x.name}_zero_point", np.array(zp, np.uint8))], [q]))
+                quantized[x] = q
+                params[q] = (scale, zp)
+            x = quantized[x]
+        act = node.attr("activation", "")
+        uint8_out = act in CLAMP_ACTIVATIONS and int8_readers_only(node.outputs[0])
+        new = _quantized_layer(b, node, x, params[x], choose(node.outputs[0]) if uint8_out else None)
+        if uint8_out:
+            params[node.outputs[0]] = choose(node.outputs[0])
+        nodes.append(new)
+        decisions.append(LayerDecision(node.name, _kind(node), True, "uint8" if uint8_out else "float32", "",
+                                       macs[node]))
+    g.nodes = nodes
+    used = {v for n in g.nodes for v in n.inputs if v is not None}
+    g.constants = [c for c in g.constants if c in used or c in outputs]
+    infer_graph(g)
+    return QuantizedGraph(g, decisions, {v.name: p for v, p in params.items()})
+
+
+def _kind(node: Node) -> str:
+    return "Conv" if node.op in CONV_OPS else "Gemm"
+
+
+def _clamp(node: Node, scale: float, zp: int) -> tuple[int, int]:
+    """The fused activation as ``[y_min, y_max]`` of a uint8 output."""
+    act = node.attr("activation", "")
+    if act == "Relu":
+        return zp, 255
+    if act == "Clip":
+        lo, hi = node.attr("activation_params", [-np.inf, np.inf])
+        q = [int(np.clip(zp + np.rint(np.float32(v) / np.float32(scale)), 0, 255)) if np.isfinite(v)
+             else (0 if v < 0 else 255) for v in (lo, hi)]
+        return q[0], q[1]
+    return 0, 255
+
+
+def _quantized_layer(b: _Builder, node: Node, x: Value, x_params: tuple[float, int],
+                     y_params: Optional[tuple[float, int]]) -> Node:
+    """The QConv/QGemm of ``node`` reading the uint8 ``x``; uint8 output with ``y_params``,
+    float output when None. It keeps the node's name and output value."""
+    x_scale, x_zp = x_params
+    w = np.asarray(node.inputs[1].const, np.float32)
+    if node.op in CONV_OPS:
+        bias = _input(node, 2)
+        bias = None if bias is None else np.asarray(bias.const, np.float32)
+        op, prefix, wname = "QConv", "x", "w_scales"
+        attrs = {k: v for k, v in node.attrs.items() if k in CONV_ATTRS or k in POOL_ATTRS}
+    else:
+        w = (w if node.attr("transB", 0) else w.T) * np.float32(node.attr("alpha", 1.0))
+        bias = _gemm_bias(node, w.shape[0])
+        op, prefix, wname = "QGemm", "a", "b_scales"
+        attrs = {}
+    wq, w_scales = qmath.symmetric_int8(w, axis=0)
+    inputs = [x, b.const(f"{node.inputs[1].name}_int8", np.ascontiguousarray(wq))]
+    if bias is not None:
+        bias_name = node.inputs[2].name if _input(node, 2) is not None else node.inputs[1].name
+        inputs.append(b.const(f"{bias_name}_int32", qmath.quantize_bias(bias, x_scale, w_scales)))
+    attrs.update({f"{prefix}_scale": float(x_scale), f"{prefix}_zero_point": int(x_zp),
+                  wname: [float(s) for s in w_scales]})
+    if y_params is not None:
+        y_min, y_max = _clamp(node, *y_params)
+        attrs.update({"y_scale": float(y_params[0]), "y_zero_point": int(y_params[1]), "y_min": y_min,
+                      "y_max": y_max, "output_dtype": "uint8"})
+    else:
+        attrs["output_dtype"] = "float32"
+        if node.attr("activation", ""):
+            attrs["activation"] = node.attr("activation")
+            attrs["activation_params"] = list(node.attr("activation_params", []))
+        if op == "QGemm" and node.attr("softmax", 0):
+            attrs["softmax"] = 1
+    out = node.outputs[0]
+    out.type = TensorType("uint8" if y_params is not None else "float32", out.type.shape)
+    return Node(op, node.name, inputs, [out], attrs, DOMAIN)
