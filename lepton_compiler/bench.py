@@ -209,3 +209,93 @@ def format_table(rows: Sequence[BenchRow]) -> str:
                      f"| {r.gflops(r.lepton_call_us):.0f} | {100 * r.peak_share(r.lepton_call_us):.0f}% "
                      f"| {r.ort_call_us:.1f} | {r.ort_us:.1f} | {r.gflops(r.ort_call_us):.0f} | {r.ratio:.2f}x |")
     return "\n".join(lines)
+
+
+# -- int8: lepton int8 next to lepton fp32, ONNX Runtime fp32 and ONNX Runtime int8 ---------------
+def ort_quantize_static(model_bytes: bytes, calibration: dict[str, np.ndarray]) -> bytes:
+    """The model quantized by ONNX Runtime's own tool: ``quantize_static``, QDQ format, per-channel
+    int8 weights, uint8 activations, MinMax calibration on ``calibration`` (all samples at once)."""
+    import os
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            n = next(iter(calibration.values())).shape[0]
+            self.feeds = iter([{k: v[i:i + 1] for k, v in calibration.items()} for i in range(n)])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)   # quantize_static's advice to pre-process the model, on every call
+    with tempfile.TemporaryDirectory() as folder:
+        source, target = os.path.join(folder, "fp32.onnx"), os.path.join(folder, "int8.onnx")
+        with open(source, "wb") as f:
+            f.write(model_bytes)
+        try:
+            quantize_static(source, target, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
+        with open(target, "rb") as f:
+            return f.read()
+
+
+@dataclass(frozen=True)
+class Int8Row:
+    """µs per call of the four contenders at one batch size and thread count."""
+
+    batch: int
+    threads: int
+    lepton_fp32_us: float
+    lepton_int8_us: float
+    ort_fp32_us: float
+    ort_int8_us: float
+
+    @property
+    def vs_ort_fp32(self) -> float:
+        """ONNX Runtime fp32 time / lepton int8 time (above 1: lepton int8 is faster)."""
+        return self.ort_fp32_us / self.lepton_int8_us
+
+    @property
+    def vs_ort_int8(self) -> float:
+        return self.ort_int8_us / self.lepton_int8_us
+
+    @property
+    def vs_lepton_fp32(self) -> float:
+        return self.lepton_fp32_us / self.lepton_int8_us
+
+
+def compare_int8(contenders: Callable[[int], Sequence[Callable[[dict], object]]], inputs: Sequence,
+                 batches: Sequence[int], threads: Sequence[int], min_time: float = 0.5) -> list[Int8Row]:
+    """``contenders(threads)`` -> run functions (lepton fp32, lepton int8, ORT fp32, ORT int8), each
+    taking a feed dict; timed on random inputs of the model's signature (``inputs``, TensorInfo),
+    their rounds interleaved."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    shapes = SimpleNamespace(inputs=inputs)
+    rows = []
+    for t in threads:
+        runs = contenders(t)
+        for batch in batches:
+            feed = random_feed(shapes, batch, rng)
+            times = interleaved_medians([lambda r=r: r(feed) for r in runs], min_time)
+            rows.append(Int8Row(batch, t, *[s * 1e6 for s in times]))
+    return rows
+
+
+def format_int8_table(rows: Sequence[Int8Row]) -> str:
+    lines = ["| batch | threads | lepton fp32 µs/image | lepton int8 µs/image | ORT fp32 µs/image "
+             "| ORT int8 µs/image | ORT fp32 / lepton int8 | ORT int8 / lepton int8 | lepton fp32 / int8 |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        per = [v / r.batch for v in (r.lepton_fp32_us, r.lepton_int8_us, r.ort_fp32_us, r.ort_int8_us)]
+        lines.append(f"| {r.batch} | {r.threads} | " + " | ".join(f"{v:.1f}" for v in per) +
+                     f" | {r.vs_ort_fp32:.2f}x | {r.vs_ort_int8:.2f}x | {r.vs_lepton_fp32:.2f}x |")
+    return "\n".join(lines)

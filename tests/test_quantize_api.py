@@ -204,3 +204,21 @@ def test_cli_errors(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["compile", bundled_model_path(), *argv]) == 1
     assert capsys.readouterr().err.startswith(message)
+
+
+# -- benchmark arithmetic and ONNX Runtime's int8 model (speed is never asserted) ---------------------
+def test_int8_benchmark_table_and_ort_quantized_model():
+    import onnx
+    from lepton_compiler.bench import Int8Row, format_int8_table, ort_quantize_static, ort_session
+
+    row = Int8Row(batch=64, threads=1, lepton_fp32_us=1280.0, lepton_int8_us=640.0, ort_fp32_us=1920.0,
+                  ort_int8_us=960.0)
+    assert (row.vs_ort_fp32, row.vs_ort_int8, row.vs_lepton_fp32) == (3.0, 1.5, 2.0)
+    assert "| 64 | 1 | 20.0 | 10.0 | 30.0 | 15.0 | 3.00x | 1.50x | 2.00x |" in format_int8_table([row])
+    x = small_data(20)
+    quantized = ort_quantize_static(small_cnn().SerializeToString(), {"x": x})
+    ops = {n.op_type for n in onnx.load_from_string(quantized).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    ours = lc.compile(small_cnn(), quantize="int8", calibration={"x": x})(x)
+    theirs = ort_session(quantized, 1).run(None, {"x": x})[0]
+    assert np.mean(ours.argmax(1) == theirs.argmax(1)) >= 0.9
