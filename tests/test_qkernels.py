@@ -204,3 +204,12 @@ def test_int8_mnist_matches_the_interpreter():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert (got.argmax(1) == labels[:64]).mean() >= 0.95
     np.testing.assert_allclose(model(images[:1]), expected[:1], rtol=1e-5, atol=1e-6)
+
+
+def test_input_too_large_to_stage_is_refused_clearly():
+    rng = np.random.default_rng(0)
+    b = QBuilder()
+    x = b.input("x", (1, 64, 200, 200), "uint8")
+    y = add_qconv(b, rng, x, 8, (3, 3), dict(kernel_shape=[3, 3]))
+    with pytest.raises(UnsupportedOpError, match="staged input"):
+        compile_graph(b.graph(y))

@@ -32,8 +32,9 @@ from .conv import Geometry2D
 from .int8dot import Epilogue, choose_path, vec_load, vec_store
 from .registry import NotLowerable, lowering
 
-MAX_STAGE_BYTES = 4 << 20
-"""Largest staged image (on the stack of the thread running the kernel)."""
+MAX_STAGE_BYTES = 1 << 20
+"""Largest staged image: it lives on the stack of the thread running the kernel (worker
+threads may have small stacks); a larger input is refused with NotLowerable."""
 MAX_ROW_BUFFER = 64 << 10
 MAX_TILE = 12
 
