@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("demo", help="compile the bundled MNIST CNN and compare it with ONNX Runtime")
     _tool_parsers(sub)
+    _serve_parser(sub)
     return parser
 
 
@@ -145,6 +146,24 @@ def _tool_parsers(sub) -> None:
     g.add_argument("-o", "--output", required=True, help="graph.svg, graph.png, graph.html (need Graphviz 'dot') "
                    "or graph.dot (the Graphviz source)")
     g.add_argument("-O", dest="opt_level", type=_opt_level, default=3, metavar="LEVEL", help="0-3 (default 3)")
+
+
+def _serve_parser(sub) -> None:
+    """lepton serve: the model over HTTP on Ray Serve (lepton_compiler/ray/serve.py)."""
+    s = sub.add_parser("serve", help="serve an artifact over HTTP with Ray Serve (dynamic batching)",
+                       description="Serve a compiled artifact over HTTP with Ray Serve until interrupted: POST / "
+                       "with JSON {\"inputs\": {NAME: nested list}} or a .npy body, GET /health, GET /stats. "
+                       "Connects to --address, else $RAY_ADDRESS, else starts a local Ray cluster.")
+    s.add_argument("artifact", help=".lepton artifact")
+    s.add_argument("--replicas", type=int, default=1, help="replicas of the model (default 1)")
+    s.add_argument("--max-batch-size", type=int, default=16, help="most requests run as one batch (default 16)")
+    s.add_argument("--batch-wait-ms", type=float, default=5.0,
+                   help="longest wait for a batch to fill after its first request (default 5)")
+    s.add_argument("--threads", type=int, default=1, help="threads (and CPUs) per replica (default 1)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    s.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a new local one)")
+    s.add_argument("--name", default="lepton", help="Serve application name (default lepton)")
 
 
 def _print_ir_after_pass(p, graph, seconds) -> None:
@@ -332,6 +351,31 @@ def cmd_graph(args) -> int:
 
 COMMANDS = {"compile": cmd_compile, "run": cmd_run, "bench": cmd_bench, "demo": cmd_demo,
             "inspect": cmd_inspect, "profile": cmd_profile, "bisect": cmd_bisect, "graph": cmd_graph}
+
+
+def cmd_serve(args) -> int:
+    import time
+
+    from .ray import serve
+    from .ray._common import ArtifactBytes, require
+
+    artifact = ArtifactBytes.of(args.artifact)   # a missing file is refused before Ray starts
+    ray_serve = require("ray.serve")
+    url = serve(artifact, replicas=args.replicas, max_batch_size=args.max_batch_size,
+                batch_wait_ms=args.batch_wait_ms, threads=args.threads, host=args.host, port=args.port,
+                name=args.name, address=args.address)
+    print(f"serving {args.artifact} at {url} (POST {url}, GET {url}health, GET {url}stats); Ctrl-C stops",
+          flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        ray_serve.delete(args.name)   # on a shared cluster the application would outlive this command
+        print("stopped", flush=True)
+    return 0
+
+
+COMMANDS["serve"] = cmd_serve
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -294,3 +294,66 @@ def _unpack_weights(blob: bytes, table: list, where: str) -> list[np.ndarray]:
         array = np.frombuffer(blob, dtype, count=int(np.prod(shape, dtype=np.int64)), offset=offset).reshape(shape)
         arrays.append(array)
     return arrays
+
+
+def load_or_recompile(path, threads=None):
+    """``load(path)``, except that an artifact whose native code this CPU cannot run (features it
+    lacks, another CPU model) is compiled again from its embedded ONNX model for this CPU, with the
+    options it was compiled with (``mcpu`` aside). For a heterogeneous cluster, where one artifact
+    reaches workers on different CPUs (or architectures). Every other refusal (damage, format
+    version, unknown backend) is raised as ``load`` raises it.
+
+    ``threads``: threads each run may use (None keeps the artifact's setting). Returns
+    ``(model, recompiled)``; ``recompiled`` is the reason in words, or None when the artifact loaded.
+    """
+    try:
+        model, recompiled = load(path), None
+    except ArtifactError as exc:
+        reason = _foreign_cpu(path, str(exc))
+        if reason is None:
+            raise
+        model, recompiled = _recompile(path), reason
+    if threads is not None:
+        if not isinstance(threads, int) or threads < 1:
+            raise LeptonError(f"threads must be a positive int or None, not {threads!r}")
+        model.threads = threads
+        model.options = {**model.options, "threads": threads}
+    return model, recompiled
+
+
+def _foreign_cpu(path, message: str):
+    """The reason, when ``message`` is exactly the refusal of ``check_runnable`` for the artifact's
+    target (every checksum had passed by then: ``load`` checks the CPU last); None otherwise."""
+    try:
+        manifest, _ = _read(path)
+        if manifest.get("backend", "cpu") != "cpu":
+            return None
+        check_runnable(Target.from_json(manifest["target"]))
+    except ArtifactError as exc:
+        return str(exc) if str(exc) == message else None
+    except (LeptonError, KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return None
+
+
+def _recompile(path) -> CompiledModel:
+    """Compile the embedded model of a (checked) cpu artifact for this host with its options."""
+    import inspect
+
+    from ..api import compile as compile_model
+    from ..frontends.onnx import load_onnx
+
+    manifest, files = _read(path)
+    options = dict(manifest.get("options") or {})
+    accepted = inspect.signature(compile_model).parameters
+    kwargs = {k: v for k, v in options.items() if k in accepted and k not in ("mcpu", "model", "target")}
+    originals = {o.name for o in load_onnx(files[MODEL]).graph.output}
+    kept = [o["name"] for o in manifest["outputs"] if o["name"] not in originals]
+    if kept:
+        kwargs["keep"] = kept
+    model = compile_model(files[MODEL], **kwargs)
+    if [i.to_json() for i in model.inputs] != manifest["inputs"] or \
+            [o.to_json() for o in model.outputs] != manifest["outputs"]:
+        raise ArtifactError(f"'{os.fspath(path)}' could not be recompiled for this CPU: the recompiled "
+                            "model's signature differs from the artifact's")
+    return model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import itertools
 import threading
 from dataclasses import dataclass
 
@@ -58,19 +59,32 @@ EntryFn = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_
 """``lepton_main(batch, io, consts, workspace, threads, omp, timings)``; see module.py."""
 
 
+_library_names = itertools.count()
+
+
 class LoadedCode:
-    """Object code linked into this process by MCJIT; ``entry`` calls ``lepton_main``."""
+    """Object code linked into this process by ORC's LLJIT with JITLink; ``entry`` calls ``lepton_main``.
+
+    Not MCJIT: its RuntimeDyld maps code and read-only data (constant pools, .eh_frame) separately,
+    and where a large mapping lies between them (a Ray worker maps the object store) the 32-bit
+    PC-relative references from one to the other overflow and LLVM aborts the process. JITLink
+    places all sections of the object in one allocation.
+    """
 
     def __init__(self, obj: bytes, target: Target, entry: str = ENTRY):
         initialize()
         with _lock:
-            host = llvm.parse_assembly("")
-            host.triple = target.triple
-            self._engine = llvm.create_mcjit_compiler(host, target_machine(target))
-            self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
-            self._engine.finalize_object()
-            address = self._engine.get_function_address(entry)
+            self._jit = llvm.create_lljit_compiler(target_machine(target), use_jit_link=True)
+            try:
+                self._library = (llvm.JITLibraryBuilder().add_object_img(obj).add_current_process()
+                                 .export_symbol(entry).link(self._jit, f"lepton{next(_library_names)}"))
+                address = self._library[entry]
+            except (RuntimeError, KeyError) as exc:
+                raise LeptonError(f"object code cannot be linked (no '{entry}' entry point?): {exc}") from None
         if not address:
             raise LeptonError(f"object code has no '{entry}' entry point")
         self.address = address
         self.entry = EntryFn(address)
+
+    def __del__(self):
+        self.__dict__.pop("_library", None)  # unload the library while its JIT still exists
