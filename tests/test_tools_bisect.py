@@ -95,7 +95,7 @@ def test_cli_bisect(tmp_path, feed):
     assert_ok(proc)
     assert "agrees with ONNX Runtime" in proc.stdout
     help_text = lepton("bisect", "--help").stdout
-    assert "int8 does not exist yet" in " ".join(help_text.split())
+    assert "'lepton compile --quantize int8 --report' gives the per-layer error" in " ".join(help_text.split())
     proc = lepton("bisect", MODEL, "--input", f"input={path}", "-O", "0", "--tolerance", "1e-12")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "first difference: after the import" in proc.stdout

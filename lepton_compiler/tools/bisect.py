@@ -13,7 +13,8 @@ every value that the original model also has is compared, in graph order: the fi
 disagrees names the first bad layer, and the IR around it is printed, with what the pass
 changed. Stages whose graph is the same as the previous one's are not compiled again.
 
-int8 does not exist yet in lepton (``quantize="int8"`` is a later issue): this compares fp32.
+For models quantized by ``lc.compile(quantize="int8")``, the per-layer quantization report
+(``quantize/report.py``) is the tool that says which layer loses accuracy.
 """
 
 from __future__ import annotations
@@ -265,8 +266,7 @@ def _fmt(err: Optional[float], ok: bool) -> str:
 
 
 def format_bisect(r: BisectResult) -> str:
-    out = [f"bisect at -O{r.opt_level}, tolerance {r.tolerance:g} (|lepton - ort| <= tol * (1 + |ort|)); "
-           "fp32 (int8 does not exist yet)"]
+    out = [f"bisect at -O{r.opt_level}, tolerance {r.tolerance:g} (|lepton - ort| <= tol * (1 + |ort|))"]
     rows = [["stage", "interpreter", "native"]]
     rows += [[c.stage, _fmt(c.interpreter, c.interpreter_ok), _fmt(c.native, c.native_ok)] for c in r.checks]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
