@@ -131,7 +131,8 @@ def _tool_parsers(sub) -> None:
                        description="Find the first stage (import, then each pass of the -O level) after which "
                        "lepton's values leave ONNX Runtime's beyond --tolerance, in the reference interpreter or "
                        "in the native code, then the first layer, and print the IR around it. Exit status 0: "
-                       "lepton agrees; 1: a difference was found. fp32 only: int8 does not exist yet in lepton.")
+                       "lepton agrees; 1: a difference was found. For a model quantized by lepton, "
+                       "'lepton compile --quantize int8 --report' gives the per-layer error instead.")
     b.add_argument("model", help="ONNX file")
     b.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
                    help="one per model input (default: random inputs, --batch images)")
