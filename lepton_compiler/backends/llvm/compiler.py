@@ -6,6 +6,7 @@ import ctypes
 import itertools
 import threading
 from dataclasses import dataclass
+from typing import Sequence
 
 import llvmlite.binding as llvm
 
@@ -62,8 +63,9 @@ EntryFn = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_
 _library_names = itertools.count()
 
 
-class LoadedCode:
-    """Object code linked into this process by ORC's LLJIT with JITLink; ``entry`` calls ``lepton_main``.
+class LinkedObject:
+    """Object code linked into this process by ORC's LLJIT with JITLink; ``addresses`` maps each
+    exported symbol to its address. Keep the object alive while its code may run.
 
     Not MCJIT: its RuntimeDyld maps code and read-only data (constant pools, .eh_frame) separately,
     and where a large mapping lies between them (a Ray worker maps the object store) the 32-bit
@@ -71,20 +73,30 @@ class LoadedCode:
     places all sections of the object in one allocation.
     """
 
-    def __init__(self, obj: bytes, target: Target, entry: str = ENTRY):
-        initialize()
+    def __init__(self, obj: bytes, tm: "llvm.TargetMachine", symbols: Sequence[str]):
         with _lock:
-            self._jit = llvm.create_lljit_compiler(target_machine(target), use_jit_link=True)
+            self._jit = llvm.create_lljit_compiler(tm, use_jit_link=True)
             try:
-                self._library = (llvm.JITLibraryBuilder().add_object_img(obj).add_current_process()
-                                 .export_symbol(entry).link(self._jit, f"lepton{next(_library_names)}"))
-                address = self._library[entry]
+                builder = llvm.JITLibraryBuilder().add_object_img(obj).add_current_process()
+                for name in symbols:
+                    builder = builder.export_symbol(name)
+                self._library = builder.link(self._jit, f"lepton{next(_library_names)}")
+                self.addresses = {name: self._library[name] for name in symbols}
             except (RuntimeError, KeyError) as exc:
-                raise LeptonError(f"object code cannot be linked (no '{entry}' entry point?): {exc}") from None
-        if not address:
-            raise LeptonError(f"object code has no '{entry}' entry point")
-        self.address = address
-        self.entry = EntryFn(address)
+                raise LeptonError(f"object code cannot be linked (symbols {list(symbols)}): {exc}") from None
+        missing = [name for name, address in self.addresses.items() if not address]
+        if missing:
+            raise LeptonError(f"object code has no {', '.join(repr(m) for m in missing)}")
 
     def __del__(self):
         self.__dict__.pop("_library", None)  # unload the library while its JIT still exists
+
+
+class LoadedCode:
+    """A model's object code linked into this process; ``entry`` calls ``lepton_main``."""
+
+    def __init__(self, obj: bytes, target: Target, entry: str = ENTRY):
+        initialize()
+        self._linked = LinkedObject(obj, target_machine(target), [entry])
+        self.address = self._linked.addresses[entry]
+        self.entry = EntryFn(self.address)

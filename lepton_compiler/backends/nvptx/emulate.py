@@ -1,8 +1,8 @@
 """Runs a model's GPU kernels on the CPU: the host build of the same kernels, the same launch plan.
 
 ``HostEmulator(graph)`` compiles ``module.host_module`` (every kernel as a host driver that runs its grid,
-block by block and phase by phase, see ``kernel.emit_host``) with llvmlite's MCJIT for this CPU and then
-executes the launch plan exactly as the CUDA runtime (``runtime/cuda_model.py``) does: one workspace
+block by block and phase by phase, see ``kernel.emit_host``) for this CPU, links it as the cpu backend
+links its code (``LinkedObject``), and then executes the launch plan exactly as the CUDA runtime (``runtime/cuda_model.py``) does: one workspace
 laid out by the plan, weights in their constant slots, each launch's buffers at their planned offsets,
 its grid computed from the batch, and the plan's output copies. It is for tests (without a GPU):
 it shows the kernels compute the model, not how fast a GPU does.
@@ -17,7 +17,7 @@ import numpy as np
 
 from ...errors import InputError
 from ...ir import Graph, eval_dim
-from ..llvm.compiler import _lock
+from ..llvm.compiler import LinkedObject, _lock
 from ..llvm.plan import size_in_bytes
 from .module import GpuPlan, host_module, plan_gpu
 from .target import initialize, optimize
@@ -40,13 +40,12 @@ class HostEmulator:
             module.data_layout = str(tm.target_data)
             if opt:
                 optimize(module, tm)
-            self._engine = llvm.create_mcjit_compiler(module, tm)
-            self._engine.finalize_object()
-            self._fns = {}
-            for spec in self.gplan.specs:
-                address = self._engine.get_function_address(spec.name)
-                argtypes = [ctypes.c_int32] * 4 + [ctypes.c_void_p] * len(spec.buffers)
-                self._fns[spec.name] = ctypes.CFUNCTYPE(None, *argtypes)(address)
+            obj = tm.emit_object(module)
+        self._linked = LinkedObject(obj, tm, [spec.name for spec in self.gplan.specs])
+        self._fns = {}
+        for spec in self.gplan.specs:
+            argtypes = [ctypes.c_int32] * 4 + [ctypes.c_void_p] * len(spec.buffers)
+            self._fns[spec.name] = ctypes.CFUNCTYPE(None, *argtypes)(self._linked.addresses[spec.name])
         self.constants = [np.require(c, requirements="CA") for c in self.plan.constants]
 
     def run(self, *inputs: np.ndarray) -> list[np.ndarray]:
