@@ -32,6 +32,17 @@ class NativeCode:
             return target_machine(self.target).emit_assembly(module)
 
 
+def run_o3(module: "llvm.ModuleRef", tm: "llvm.TargetMachine", vectorize: bool = True) -> None:
+    """LLVM's O3 module pipeline for ``tm``, with loop unrolling and (unless told not to) the loop
+    and SLP vectorizers."""
+    options = llvm.create_pipeline_tuning_options(speed_level=3)
+    options.loop_vectorization = vectorize
+    options.slp_vectorization = vectorize
+    options.loop_unrolling = True
+    builder = llvm.create_pass_builder(tm, options)
+    builder.getModulePassManager().run(module, builder)
+
+
 def compile_ir(llvm_ir: str, target: Target, entry: str = ENTRY) -> NativeCode:
     """Verify, optimize at O3 for ``target`` and emit object code; ``entry`` is the entry point's name."""
     initialize()
@@ -46,12 +57,7 @@ def compile_ir(llvm_ir: str, target: Target, entry: str = ENTRY) -> NativeCode:
         module.triple = target.triple
         tm = target_machine(target)
         module.data_layout = str(tm.target_data)
-        options = llvm.create_pipeline_tuning_options(speed_level=3)
-        options.loop_vectorization = True
-        options.slp_vectorization = True
-        options.loop_unrolling = True
-        builder = llvm.create_pass_builder(tm, options)
-        builder.getModulePassManager().run(module, builder)
+        run_o3(module, tm)
         return NativeCode(target, str(module), tm.emit_object(module), entry)
 
 

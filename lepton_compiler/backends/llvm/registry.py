@@ -18,12 +18,18 @@ VIEWS = {"Identity", "Dropout", "Flatten", "Reshape", "Squeeze", "Unsqueeze"}
 """Ops whose output is the input's bytes under a new shape: no kernel, the buffer is shared."""
 
 
-def lowering(*ops: str):
-    def decorate(fn: LowerFn) -> LowerFn:
-        for op in ops:
-            LOWERINGS[op] = fn
-        return fn
-    return decorate
+def registrar(table: dict):
+    """``@registrar(table)("Op", ...)``: a decorator that files a function under each op name."""
+    def lowering(*ops: str):
+        def decorate(fn):
+            for op in ops:
+                table[op] = fn
+            return fn
+        return decorate
+    return lowering
+
+
+lowering = registrar(LOWERINGS)
 
 
 def can_lower(op: str) -> bool:

@@ -13,6 +13,7 @@ from ...errors import ArtifactError, LeptonError
 _init_lock = threading.Lock()
 _probe_lock = threading.Lock()
 _initialized = False
+_all_initialized = False
 
 # Features implied by the generic x86-64 levels, so artifacts built for them can be checked.
 X86_LEVELS = {
@@ -26,14 +27,20 @@ X86_LEVELS = {
 }
 
 
-def initialize() -> None:
-    global _initialized
+def initialize(all_targets: bool = False) -> None:
+    """Register this host's LLVM target (and, with ``all_targets``, every target LLVM was built with,
+    NVPTX among them, for the cuda backend) with its assembly printer."""
+    global _initialized, _all_initialized
     with _init_lock:
         if not _initialized:
             llvm.initialize_native_target()
             llvm.initialize_native_asmprinter()
             llvm.initialize_native_asmparser()
             _initialized = True
+        if all_targets and not _all_initialized:
+            llvm.initialize_all_targets()
+            llvm.initialize_all_asmprinters()
+            _all_initialized = True
 
 
 @dataclass(frozen=True)

@@ -5,26 +5,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 
 from ...ir import Node
-from ..llvm.registry import VIEWS  # the same ops are views (no kernel, shared bytes) on the GPU
+from ..llvm.registry import VIEWS, NotLowerable, registrar  # the same ops are views (no kernel, shared bytes) on the GPU
 
 if TYPE_CHECKING:
     from .kernel import KernelSpec
 
 
-class NotLowerable(Exception):
-    """Raised by a lowering for a node it cannot emit; becomes an ``UnsupportedOpError`` naming the node."""
-
-
 Lower = Callable[[Node, str], "KernelSpec"]
 LOWERINGS: dict[str, Lower] = {}
-
-
-def lowering(*ops: str):
-    def decorate(fn):
-        for op in ops:
-            LOWERINGS[op] = fn
-        return fn
-    return decorate
+lowering = registrar(LOWERINGS)
 
 
 def can_lower(op: str) -> bool:

@@ -12,30 +12,21 @@ import re
 import shutil
 import subprocess
 import tempfile
-import threading
 from typing import Optional
 
 import llvmlite.binding as llvm
 
 from ...errors import LeptonError
-from ..llvm.compiler import _lock  # LLVM's global state: one thread at a time, shared with the cpu backend
+from ..llvm.compiler import _lock, run_o3  # _lock: LLVM's global state, one thread at a time, shared with the cpu backend
+from ..llvm.target import initialize as initialize_llvm
 
 TRIPLE = "nvptx64-nvidia-cuda"
 DEFAULT_GPU = "sm_90"
-_init_lock = threading.Lock()
-_initialized = False
 
 
 def initialize() -> None:
     """Register every target LLVM was built with (NVPTX among them) and their assembly printers."""
-    global _initialized
-    with _init_lock:
-        if not _initialized:
-            llvm.initialize_all_targets()
-            llvm.initialize_all_asmprinters()
-            llvm.initialize_native_target()
-            llvm.initialize_native_asmprinter()
-            _initialized = True
+    initialize_llvm(all_targets=True)
 
 
 def normalize_gpu(gpu) -> str:
@@ -87,12 +78,7 @@ def data_layout(gpu: str = DEFAULT_GPU) -> str:
 def optimize(module, tm) -> None:
     """LLVM's O3 pipeline for ``tm`` (unrolls the kernels' short constant loops, promotes the
     per-thread accumulators to registers)."""
-    options = llvm.create_pipeline_tuning_options(speed_level=3)
-    options.loop_unrolling = True
-    options.loop_vectorization = False
-    options.slp_vectorization = False
-    builder = llvm.create_pass_builder(tm, options)
-    builder.getModulePassManager().run(module, builder)
+    run_o3(module, tm, vectorize=False)
 
 
 def emit_ptx(llvm_ir: str, gpu: str = DEFAULT_GPU) -> str:
