@@ -24,6 +24,15 @@ def _names(v) -> str:
     return "" if v is None else v.name
 
 
+def pool_proto(node: Node, x: str, y: str, fresh) -> NodeProto:
+    """The MaxPool that a fused conv's ``pool_*`` attributes describe, as ONNX."""
+    return helper.make_node(
+        "MaxPool", [x], [y], name=fresh(f"{node.name}_pool"),
+        kernel_shape=list(node.attr("pool_kernel")), strides=list(node.attr("pool_strides")),
+        pads=list(node.attr("pool_pads")), dilations=list(node.attr("pool_dilations")),
+        ceil_mode=int(node.attr("pool_ceil_mode", 0)))
+
+
 def activation_nodes(name: str, params, x: str, y: str, fresh) -> tuple[list[NodeProto], list[TensorProto]]:
     """``y = name(x)`` as ONNX (Clip's bounds become initializers)."""
     if name == "Clip":
@@ -59,11 +68,7 @@ def expand_fused_conv(node: Node, fresh):
             nodes += more
             inits += extra
         else:
-            nodes.append(helper.make_node(
-                "MaxPool", [current], [target], name=fresh(f"{node.name}_pool"),
-                kernel_shape=list(node.attr("pool_kernel")), strides=list(node.attr("pool_strides")),
-                pads=list(node.attr("pool_pads")), dilations=list(node.attr("pool_dilations")),
-                ceil_mode=int(node.attr("pool_ceil_mode", 0))))
+            nodes.append(pool_proto(node, current, target, fresh))
         current = target
     if not stages:
         nodes[0].output[0] = out
@@ -150,11 +155,7 @@ def _int8_tail(node: Node, current: str, fresh, nodes: list, inits: list, pool: 
         elif stage == "softmax":
             nodes.append(helper.make_node("Softmax", [current], [target], name=fresh(f"{node.name}_softmax"), axis=-1))
         else:
-            nodes.append(helper.make_node(
-                "MaxPool", [current], [target], name=fresh(f"{node.name}_pool"),
-                kernel_shape=list(node.attr("pool_kernel")), strides=list(node.attr("pool_strides")),
-                pads=list(node.attr("pool_pads")), dilations=list(node.attr("pool_dilations")),
-                ceil_mode=int(node.attr("pool_ceil_mode", 0))))
+            nodes.append(pool_proto(node, current, target, fresh))
         current = target
     if not stages:
         nodes[-1].output[0] = out
