@@ -46,20 +46,25 @@ def infer_conv(node: Node) -> list[TensorType]:
     return [TensorType(x.dtype, (x.shape[0], out_ch, *win.out))]
 
 
+def conv_sums(x: np.ndarray, w: np.ndarray, win, group: int) -> np.ndarray:
+    """``sum(x * w)`` over each window, in the arrays' own dtype (padding reads 0)."""
+    padded, views = sliding_views(x, win, 0)
+    out_ch, icg = w.shape[0], w.shape[1]
+    ocg = out_ch // group
+    out = np.zeros((x.shape[0], out_ch, *win.out), x.dtype)
+    for offset, idx in views:
+        patch = padded[idx]
+        for g in range(group):
+            wk = w[(slice(g * ocg, (g + 1) * ocg), slice(None), *offset)]
+            out[:, g * ocg:(g + 1) * ocg] += np.einsum("nc...,oc->no...", patch[:, g * icg:(g + 1) * icg], wk)
+    return out
+
+
 def reference_conv(node: Node, inputs):
     x, w = inputs[0], inputs[1]
     bias = inputs[2] if len(inputs) > 2 else None
     win = conv_window(node)
-    group = node.attr("group", 1)
-    padded, views = sliding_views(x.astype(np.float64), win, 0.0)
-    out_ch, icg = w.shape[0], w.shape[1]
-    ocg = out_ch // group
-    out = np.zeros((x.shape[0], out_ch, *win.out), np.float64)
-    for offset, idx in views:
-        patch = padded[idx]
-        for g in range(group):
-            wk = w[(slice(g * ocg, (g + 1) * ocg), slice(None), *offset)].astype(np.float64)
-            out[:, g * ocg:(g + 1) * ocg] += np.einsum("nc...,oc->no...", patch[:, g * icg:(g + 1) * icg], wk)
+    out = conv_sums(x.astype(np.float64), w.astype(np.float64), win, node.attr("group", 1))
     if bias is not None:
         out += bias.astype(np.float64).reshape((1, -1) + (1,) * len(win.out))
     return [out.astype(x.dtype)]

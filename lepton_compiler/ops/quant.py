@@ -35,9 +35,8 @@ from ..ir import Node, TensorType, Value
 from . import qmath
 from .activations import apply_activation
 from .fused import POOL_ATTRS, pool_node
-from .nn import conv_window, infer_conv, infer_maxpool, reference_maxpool, reference_softmax
+from .nn import conv_sums, conv_window, infer_conv, infer_maxpool, reference_maxpool, reference_softmax
 from .registry import OpKind, register, require
-from .shapes import sliding_views
 
 QUANT_DTYPES = ("uint8", "int8")
 
@@ -129,19 +128,9 @@ def integer_conv(node: Node, x: np.ndarray, w: np.ndarray, x_zp, w_zp=0) -> np.n
     """``sum((x - x_zp) * (w - w_zp))`` over each window, exactly, as int64 (padding reads ``x_zp``)."""
     shapes = [Value("x", TensorType("float32", x.shape)), Value("w", TensorType("float32", w.shape))]
     win = conv_window(_float_view(node, shapes, _conv_attrs(node)))
-    group = node.attr("group", 1)
     xc = x.astype(np.int64) - np.asarray(x_zp, np.int64)
     wc = w.astype(np.int64) - np.asarray(w_zp, np.int64).reshape((-1,) + (1,) * (w.ndim - 1))
-    padded, views = sliding_views(xc, win, 0)
-    out_ch, icg = w.shape[0], w.shape[1]
-    ocg = out_ch // group
-    out = np.zeros((x.shape[0], out_ch, *win.out), np.int64)
-    for offset, idx in views:
-        patch = padded[idx]
-        for g in range(group):
-            wk = wc[(slice(g * ocg, (g + 1) * ocg), slice(None), *offset)]
-            out[:, g * ocg:(g + 1) * ocg] += np.einsum("nc...,oc->no...", patch[:, g * icg:(g + 1) * icg], wk)
-    return out
+    return conv_sums(xc, wc, win, node.attr("group", 1))
 
 
 def _channel_shape(values: np.ndarray, rank: int) -> np.ndarray:
