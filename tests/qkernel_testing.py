@@ -52,8 +52,8 @@ class QBuilder:
 
 def add_qconv(b: QBuilder, rng, x: Value, out_channels, kernel, attrs=None, bias=True, output_dtype="uint8",
               per_channel=True, x_zero_point=7, w_range=127) -> Value:
-    """A QConv of ``x`` with random int8 weights and int32 bias."""
-    channels = x.type.shape[1]
+    """A QConv of ``x`` with random int8 weights and int32 bias (``attrs["group"]`` groups)."""
+    channels = x.type.shape[1] // (attrs or {}).get("group", 1)
     tag = len(b.nodes)
     w = b.const(f"w{tag}", rng.integers(-w_range, w_range + 1, (out_channels, channels, *kernel)).astype(np.int8))
     inputs = [x, w]

@@ -131,14 +131,102 @@ def test_forcing_a_path_the_target_lacks_is_refused(graph):
         compile_graph(graph, mcpu="x86-64-v3")
 
 
-def test_grouped_qconv_is_refused_clearly():
+# -- grouped and depthwise convolutions, large layers ----------------------------------------------
+def dw(channels, **attrs):
+    return dict(group=channels, **attrs)
+
+
+GROUP_CASES = [  # as CONV_CASES; group == channels == out channels is depthwise
+    (16, (9, 10), 16, (3, 3), dw(16, pads=[1, 1, 1, 1]), {}),
+    (19, (7, 8), 19, (3, 3), dw(19, strides=[2, 2], pads=[1, 0, 1, 1]), dict(x_zero_point=255)),
+    (24, (11, 9), 24, (5, 5), dw(24, pads=[2, 2, 2, 2], dilations=[1, 2], y_min=95, y_max=200), {}),
+    (33, (10, 10), 33, (3, 3), dw(33, pads=[1, 1, 1, 1], pool_kernel=[2, 2], pool_strides=[2, 2], y_min=90),
+     dict(x_zero_point=0)),
+    (17, (9, 8), 17, (3, 3), dw(17, pool_kernel=[3, 3], pool_strides=[2, 2], pool_pads=[1, 1, 1, 1]),
+     dict(per_channel=False)),
+    (8, (6, 6), 8, (3, 3), dw(8, activation="Relu"), dict(output_dtype="float32")),
+    (9, (5, 7), 9, (2, 2), dw(9, activation="Tanh", pool_kernel=[2, 2]), dict(output_dtype="float32", bias=False)),
+    (5, (15,), 5, (3,), dw(5, pads=[1, 2], strides=[2]), {}),
+    (6, (7, 7), 12, (3, 3), dict(group=6, pads=[1, 1, 1, 1]), {}),                  # channel multiplier 2
+    (8, (9, 9), 12, (3, 3), dict(group=4, pads=[1, 1, 1, 1], y_min=100), {}),       # 2 in, 3 out per group
+    (64, (6, 6), 64, (3, 3), dict(group=2), {}),
+    (12, (8, 9), 18, (2, 3), dict(group=3, strides=[2, 2]), dict(per_channel=False)),
+    (16, (6, 6), 32, (1, 1), dict(group=4, pool_kernel=[2, 2], pool_strides=[2, 2]), {}),
+    (6, (12, 11), 9, (5, 5), dict(group=3, pads=[2, 2, 2, 2]), dict(x_zero_point=200)),
+    (10, (7, 7), 15, (3, 3), dict(group=5, dilations=[2, 2], pads=[2, 2, 2, 2], activation="Relu"),
+     dict(output_dtype="float32")),
+    (40, (5, 6), 24, (3, 3), dict(group=8, pads=[1, 1, 1, 1], y_min=92, y_max=180), {}),
+    (2, (12, 11), 40, (7, 7), dict(group=2, pads=[3, 3, 3, 2], pool_kernel=[2, 2], pool_strides=[2, 2]), {}),
+]
+
+
+def group_graph(seed=2):
+    rng = np.random.default_rng(seed)
+    b = QBuilder()
+    outs = []
+    for i, (channels, spatial, oc, kernel, attrs, options) in enumerate(GROUP_CASES):
+        x = b.input(f"x{i}", ("N", channels, *spatial), "uint8")
+        outs.append(add_qconv(b, rng, x, oc, kernel, dict(attrs, kernel_shape=list(kernel)), **options))
+    return b.graph(*outs)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_grouped_and_depthwise_on_every_path(path):
+    g = group_graph()
+    with int8dot.forced_path(path):
+        model = compile_graph(g, options={"threads": 1})
+    for batch in (1, 3):
+        feeds = feeds_for(g, batch, seed=batch + 10)
+        assert_matches(model.run(None, feeds), interpret(g, feeds))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_banded_staging_on_every_path(path, monkeypatch):
+    """Every case staged in bands of output rows (tiny limits), grouped and depthwise too."""
+    from lepton_compiler.backends.llvm import qconv
+
+    monkeypatch.setattr(qconv, "MAX_STAGE_BYTES", 0)
+    monkeypatch.setattr(qconv, "MAX_BAND_BYTES", 700)
+    rng = np.random.default_rng(8)
+    b = QBuilder()
+    outs = []
+    for i, (channels, spatial, oc, kernel, attrs, options) in enumerate(CONV_CASES[:9] + GROUP_CASES[:5] + GROUP_CASES[9:11] + GROUP_CASES[-1:]):
+        x = b.input(f"x{i}", ("N", channels, *spatial), "uint8")
+        outs.append(add_qconv(b, rng, x, oc, kernel, dict(attrs, kernel_shape=list(kernel)), **options))
+    g = b.graph(*outs)
+    with int8dot.forced_path(path):
+        model = compile_graph(g, options={"threads": 1})
+    feeds = feeds_for(g, 2, seed=4)
+    assert_matches(model.run(None, feeds), interpret(g, feeds))
+
+
+def test_large_layers_are_staged_in_bands():
+    """224x224x64 (3.2 MB staged) and a depthwise one, plus a pooled 130x130x64: exact, batch 1."""
+    from lepton_compiler.backends.llvm import qconv
+
+    rng = np.random.default_rng(9)
+    b = QBuilder()
+    x = b.input("x", ("N", 64, 224, 224), "uint8")
+    x2 = b.input("x2", ("N", 64, 130, 130), "uint8")
+    outs = [add_qconv(b, rng, x, 16, (3, 3), dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], y_min=90)),
+            add_qconv(b, rng, x, 64, (3, 3), dict(kernel_shape=[3, 3], pads=[0, 0, 1, 1], strides=[2, 2],
+                                                  group=64)),
+            add_qconv(b, rng, x2, 8, (3, 3), dict(kernel_shape=[3, 3], pool_kernel=[3, 3], pool_strides=[2, 2],
+                                                  pool_pads=[1, 1, 1, 1]))]
+    g = b.graph(*outs)
+    assert 64 * 226 * 226 > qconv.MAX_STAGE_BYTES and 64 * 132 * 130 > qconv.MAX_STAGE_BYTES
+    model = compile_graph(g, options={"threads": 1})
+    feeds = feeds_for(g, 1)
+    assert_matches(model.run(None, feeds), interpret(g, feeds))
+
+
+def test_input_too_large_to_stage_is_refused_clearly():
+    """Refused only when the rows one output row reads exceed the stack budget."""
     rng = np.random.default_rng(0)
     b = QBuilder()
-    x = b.input("x", (1, 4, 6, 6), "uint8")
-    w = b.const("w", rng.integers(-5, 5, (4, 2, 3, 3)).astype(np.int8))
-    y = b.op("QConv", [x, w], dict(kernel_shape=[3, 3], group=2, x_scale=0.1, x_zero_point=3, w_scales=[0.1],
-                                   y_scale=0.2, y_zero_point=0), "lepton")
-    with pytest.raises(UnsupportedOpError, match="group"):
+    x = b.input("x", (1, 2048, 200, 200), "uint8")
+    y = add_qconv(b, rng, x, 8, (3, 3), dict(kernel_shape=[3, 3]))
+    with pytest.raises(UnsupportedOpError, match="staged input"):
         compile_graph(b.graph(y))
 
 
@@ -204,12 +292,3 @@ def test_int8_mnist_matches_the_interpreter():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert (got.argmax(1) == labels[:64]).mean() >= 0.95
     np.testing.assert_allclose(model(images[:1]), expected[:1], rtol=1e-5, atol=1e-6)
-
-
-def test_input_too_large_to_stage_is_refused_clearly():
-    rng = np.random.default_rng(0)
-    b = QBuilder()
-    x = b.input("x", (1, 64, 200, 200), "uint8")
-    y = add_qconv(b, rng, x, 8, (3, 3), dict(kernel_shape=[3, 3]))
-    with pytest.raises(UnsupportedOpError, match="staged input"):
-        compile_graph(b.graph(y))

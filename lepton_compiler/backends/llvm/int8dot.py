@@ -251,32 +251,35 @@ class Epilogue:
     """From int32 accumulators to the output: requantized uint8, or float (with activation).
 
     ``init`` holds, per output channel, ``bias[o] - x_zp * sum_k w[o, k]`` (the activation
-    zero point folded in at compile time), zero-padded to whole vectors.
+    zero point folded in at compile time), zero-padded to whole vectors. Channel ``o`` sits
+    at ``slots[o]`` of the padded arrangement (``o`` itself unless a kernel, such as a
+    grouped convolution, pads inside it).
     """
 
     def __init__(self, k: KernelBuilder, node: Node, prefix: str, w_int: np.ndarray, bias: Optional[np.ndarray],
-                 lanes: int):
+                 lanes: int, slots: Optional[np.ndarray] = None, padded: Optional[int] = None):
         self.k, self.lanes = k, lanes
         out_channels = w_int.shape[0]
-        padded = -(-out_channels // lanes) * lanes
+        if slots is None:
+            slots, padded = np.arange(out_channels), -(-out_channels // lanes) * lanes
         x_scale, x_zp = node.attr(f"{prefix}_scale"), int(node.attr(f"{prefix}_zero_point"))
         w_scales = np.asarray(node.attr("w_scales" if prefix == "x" else "b_scales"), np.float32)
         w_scales = np.broadcast_to(w_scales, (out_channels,))
         init = np.zeros(padded, np.int64)
-        init[:out_channels] = -x_zp * w_int.reshape(out_channels, -1).astype(np.int64).sum(axis=1)
+        init[slots] = -x_zp * w_int.reshape(out_channels, -1).astype(np.int64).sum(axis=1)
         if bias is not None:
-            init[:out_channels] += bias.astype(np.int64)
+            init[slots] += bias.astype(np.int64)
         self.init = k.constant(f"{node.name}.acc_init", init.astype(np.int32))
         self.uint8 = node.attr("output_dtype", "uint8") == "uint8"
         factor = np.ones(padded, np.float32)
         if self.uint8:
-            factor[:out_channels] = qmath.multipliers(x_scale, w_scales, node.attr("y_scale"))
+            factor[slots] = qmath.multipliers(x_scale, w_scales, node.attr("y_scale"))
             self.zero_point = float(node.attr("y_zero_point"))
             self.lo, self.hi = float(node.attr("y_min", 0)), float(node.attr("y_max", 255))
         else:
-            factor[:out_channels] = qmath.input_scales(x_scale, w_scales)
+            factor[slots] = qmath.input_scales(x_scale, w_scales)
         self.factor = k.constant(f"{node.name}.requant", factor)
-        self.factor_values = factor[:out_channels]
+        self.factor_values = factor[slots]
         self.activation = node.attr("activation", "")
         self.activation_params = list(node.attr("activation_params", []))
         self.element = I8 if self.uint8 else F32

@@ -32,9 +32,15 @@ from .conv import Geometry2D
 from .int8dot import Epilogue, choose_path, vec_load, vec_store
 from .registry import NotLowerable, lowering
 
-MAX_STAGE_BYTES = 1 << 20
-"""Largest staged image: it lives on the stack of the thread running the kernel (worker
-threads may have small stacks); a larger input is refused with NotLowerable."""
+MAX_STACK_BYTES = 1 << 20
+"""Largest staging buffer: it lives on the stack of the thread running the kernel (worker
+threads may have small stacks); a layer whose single output row needs more is refused."""
+MAX_STAGE_BYTES = MAX_STACK_BYTES
+"""Largest image staged whole; a larger one is staged in bands of output rows."""
+MAX_BAND_BYTES = 256 << 10
+"""Largest band, when the image is staged in bands (a band stays in L2)."""
+STAGE_SLACK = 64
+"""Elements past the staged band (vector loads near its end)."""
 MAX_ROW_BUFFER = 64 << 10
 MAX_TILE = 12
 
@@ -45,6 +51,13 @@ def float_conv(node: Node) -> Node:
     attrs = {a: v for a, v in node.attrs.items() if a in keep}
     values = [Value(f"{node.name}.{i}", TensorType("float32", v.type.shape)) for i, v in enumerate(node.inputs[:2])]
     return Node("Conv", node.name, values, [Value(f"{node.name}.conv", TensorType("float32", ()))], attrs)
+
+
+class _DepthwiseDot:
+    weight_registers = 1     # for choose_tile: a depthwise tap takes one weight vector per block
+
+
+_DEPTHWISE = _DepthwiseDot()
 
 
 def choose_tile(path, blocks_total: int, positions: int, registers: int) -> tuple[int, int]:
@@ -66,8 +79,6 @@ class QConvKernel:
         self.k, self.node = k, node
         x, w = node.inputs[0], node.inputs[1]
         bias = node.inputs[2] if len(node.inputs) > 2 else None
-        if node.attr("group", 1) != 1:
-            raise NotLowerable("grouped int8 convolution (group > 1) is not supported by the cpu backend")
         if not w.is_const or (bias is not None and not bias.is_const):
             raise NotLowerable("QConv needs constant weights and bias")
         if x.type.rank not in (3, 4):
@@ -77,156 +88,301 @@ class QConvKernel:
         self.conv_shape = infer_conv(fconv)[0].shape
         self.g = g = Geometry2D.of(node, x.type.shape[2:], conv_window(fconv))
         self.channels, self.out_channels = x.type.shape[1], w.type.shape[0]
-        w4 = w.const.reshape(self.out_channels, self.channels, g.k_h, g.k_w).astype(np.int8)
+        self.group = node.attr("group", 1)
+        self.icg, self.ocg = self.channels // self.group, self.out_channels // self.group
+        w4 = w.const.reshape(self.out_channels, self.icg, g.k_h, g.k_w).astype(np.int8)
         self.path = path = choose_path(k)
         self.lanes = path.lanes
-        self.blocks_total = -(-self.out_channels // self.lanes)
-        self.ocpad = self.blocks_total * self.lanes
-        self.epilogue = Epilogue(k, node, "x", w4, None if bias is None else bias.const, self.lanes)
         self.zp = int(node.attr("x_zero_point"))
-        self._layout(w4)
-        self.weights = k.constant(f"{node.name}.packed", path.pack(self.wg))
+        self.depthwise = self.group > 1 and self.icg == 1 and self.ocg == 1
+        if self.depthwise:
+            self._depthwise_layout(w4)
+        else:
+            self._layout(w4)
+        self.epilogue = Epilogue(k, node, "x", w4, None if bias is None else bias.const, self.lanes,
+                                 self.slots, self.ocpad)
+        self._bands()
         self.table = k.constant(f"{node.name}.offsets", self.offsets)
 
     # -- layout of the staged input and the groups --------------------------------------------
+    def _units(self) -> int:
+        """Groups of the convolution per *unit*: a unit is a dense convolution of its groups'
+        channels with block-diagonal weights, so that few output channels per group still
+        fill vectors. The count minimizing dot products plus epilogues wins."""
+        g, lanes = self.g, self.lanes
+        best = None
+        for per in range(1, self.group + 1):
+            units = -(-self.group // per)
+            uic, uoc = per * self.icg, per * self.ocg
+            by_channel = g.k_h * g.k_w * -(-uic // 4)
+            by_column = uic * g.k_h * -(-g.k_w // 4) if g.d_w == 1 else by_channel
+            cost = units * -(-uoc // lanes) * (min(by_channel, by_column) + 3)
+            if best is None or (cost, units) < best[0]:
+                best = ((cost, units), per)
+        return best[1]
+
     def _layout(self, w4: np.ndarray) -> None:
-        g, c = self.g, self.channels
-        need_h = (g.out_h - 1) * g.s_h + (g.k_h - 1) * g.d_h + 1
-        self.hs = max(g.p_top + g.in_h, need_h)
-        by_channel = g.k_h * g.k_w * -(-c // 4)
-        by_column = c * g.k_h * -(-g.k_w // 4)
+        g, lanes = self.g, self.lanes
+        per = self._units()
+        self.units = -(-self.group // per)
+        uic, uoc = per * self.icg, per * self.ocg
+        self.uic, self.uoc = uic, uoc
+        self.blocks_u = -(-uoc // lanes)
+        self.uocp = self.blocks_u * lanes
+        self.ocpad = self.units * self.uocp
+        self.blocks_total = self.units * self.blocks_u
+        o = np.arange(self.out_channels)
+        self.slots = o // uoc * self.uocp + o % uoc
+        by_channel = g.k_h * g.k_w * -(-uic // 4)
+        by_column = uic * g.k_h * -(-g.k_w // 4)
         self.columns = g.d_w == 1 and by_column < by_channel
-        oc = self.out_channels
+        # dense per-unit weights [unit][uoc][uic][kh][kw], block-diagonal
+        dense = np.zeros((self.units * per, self.ocg, per, self.icg, g.k_h, g.k_w), np.int8)
+        grouped = w4.reshape(self.group, self.ocg, self.icg, g.k_h, g.k_w)
+        for gi in range(self.group):
+            dense[gi, :, gi % per] = grouped[gi]
+        dense = dense.reshape(self.units, per, self.ocg, per * self.icg, g.k_h, g.k_w).reshape(
+            self.units, uoc, uic, g.k_h, g.k_w)
         if self.columns:
             quads = -(-g.k_w // 4)
-            self.ws = max(g.p_left + g.in_w, (g.out_w - 1) * g.s_w + 4 * quads)
+            self.ucp = uic
             self.cstride = 1
-            wpad = np.zeros((oc, c, g.k_h, quads * 4), np.int8)
-            wpad[..., :g.k_w] = w4
-            self.wg = wpad.reshape(oc, c * g.k_h * quads, 4)
-            self.offsets = np.array([ci * self.hs * self.ws + kh * g.d_h * self.ws + 4 * q
-                                     for ci in range(c) for kh in range(g.k_h) for q in range(quads)], np.int64)
-            self.stage_size = c * self.hs * self.ws
+            self.ws = max(g.p_left + g.in_w, (g.out_w - 1) * g.s_w + 4 * quads)
+            wpad = np.zeros((self.units, uoc, uic, g.k_h, quads * 4), np.int8)
+            wpad[..., :g.k_w] = dense
+            wg = wpad.reshape(self.units, uoc, uic * g.k_h * quads, 4)
+            self.offset_of = lambda hb: np.array([ci * hb * self.ws + kh * g.d_h * self.ws + 4 * q for ci in range(uic)
+                                                  for kh in range(g.k_h) for q in range(quads)], np.int64)
         else:
-            cp = -(-c // 4) * 4
+            cp = -(-uic // 4) * 4
+            self.ucp = cp
+            self.cstride = self.units * cp
             self.ws = max(g.p_left + g.in_w, (g.out_w - 1) * g.s_w + (g.k_w - 1) * g.d_w + 1)
-            self.cstride = cp
-            wpad = np.zeros((oc, cp, g.k_h, g.k_w), np.int8)
-            wpad[:, :c] = w4
-            self.wg = wpad.reshape(oc, cp // 4, 4, g.k_h, g.k_w).transpose(0, 3, 4, 1, 2).reshape(oc, -1, 4)
-            self.offsets = np.array([(kh * g.d_h * self.ws + kw * g.d_w) * cp + 4 * q
-                                     for kh in range(g.k_h) for kw in range(g.k_w) for q in range(cp // 4)], np.int64)
-            self.stage_size = self.hs * self.ws * cp
-        self.groups = len(self.offsets)
-        if self.stage_size * np.dtype(self.path.x_dtype).itemsize > MAX_STAGE_BYTES:
-            raise NotLowerable(f"the int8 convolution's staged input ({self.stage_size} values) exceeds the "
-                               f"{MAX_STAGE_BYTES >> 20} MiB the kernel stages on the stack")
+            wpad = np.zeros((self.units, uoc, cp, g.k_h, g.k_w), np.int8)
+            wpad[:, :, :uic] = dense
+            wg = wpad.reshape(self.units, uoc, cp // 4, 4, g.k_h, g.k_w).transpose(0, 1, 4, 5, 2, 3).reshape(
+                self.units, uoc, -1, 4)
+            cs = self.cstride
+            self.offset_of = lambda hb: np.array([(kh * g.d_h * self.ws + kw * g.d_w) * cs + 4 * q
+                                                  for kh in range(g.k_h) for kw in range(g.k_w)
+                                                  for q in range(cp // 4)], np.int64)
+        self.groups = wg.shape[2]
+        self.staged_channels = self.units * self.ucp
+        self.x_type, self.x_dtype, self.stage_value = self.path.x_type, self.path.x_dtype, self.path.stage_value
+        packed = np.stack([self.path.pack(wg[u]) for u in range(self.units)])
+        self.weights = self.k.constant(f"{self.node.name}.packed", packed)
+
+    def _depthwise_layout(self, w4: np.ndarray) -> None:
+        """One input channel per output channel: ``[Hs][Ws][C]`` staging (channels padded to
+        whole vectors), each tap one vector multiply-add of ``lanes`` channels."""
+        g, lanes = self.g, self.lanes
+        self.units, self.ucp, self.columns = 1, 0, False
+        self.blocks_total = self.blocks_u = -(-self.channels // lanes)
+        self.ocpad = self.uocp = self.cstride = self.staged_channels = self.blocks_total * lanes
+        self.slots = np.arange(self.out_channels)
+        self.ws = max(g.p_left + g.in_w, (g.out_w - 1) * g.s_w + (g.k_w - 1) * g.d_w + 1)
+        cs = self.cstride
+        self.offset_of = lambda hb: np.array([(kh * g.d_h * self.ws + kw * g.d_w) * cs
+                                              for kh in range(g.k_h) for kw in range(g.k_w)], np.int64)
+        self.groups = g.k_h * g.k_w
+        wd = np.zeros((self.groups, cs), np.int32)
+        wd[:, :self.channels] = w4.reshape(self.channels, -1).T
+        self.weights = self.k.constant(f"{self.node.name}.packed", wd)
+        self.x_type, self.x_dtype, self.stage_value = ir.IntType(8), np.uint8, lambda k, byte: byte
+
+    def staged_rows(self, out_rows: int) -> int:
+        g = self.g
+        return (out_rows - 1) * g.s_h + (g.k_h - 1) * g.d_h + 1
+
+    def stage_bytes(self, out_rows: int) -> int:
+        return (self.staged_rows(out_rows) * self.ws * self.staged_channels + STAGE_SLACK) * \
+            np.dtype(self.x_dtype).itemsize
+
+    def _bands(self) -> None:
+        """Stage the whole image when it fits in ``MAX_STAGE_BYTES``, else bands of output
+        rows (restaged per band, overlapping by the kernel's height) of at most ``MAX_BAND_BYTES``."""
+        g = self.g
+        self.banded = self.stage_bytes(g.out_h) > MAX_STAGE_BYTES
+        if self.banded:
+            if self.pooled:
+                pnode = pool_node(self.node, TensorType("float32", self.conv_shape))
+                p = pool_window(pnode)
+                span = (p.kernel[0] - 1) * p.dilations[0] + 1 if len(p.kernel) == 2 else 1
+                self.band_rows = min(span, g.out_h)
+            else:
+                self.band_rows = max((r for r in range(1, g.out_h + 1) if self.stage_bytes(r) <= MAX_BAND_BYTES),
+                                     default=1)
+            if self.stage_bytes(self.band_rows) > MAX_STACK_BYTES:
+                raise NotLowerable(f"the int8 convolution's staged input ({self.stage_bytes(self.band_rows)} bytes "
+                                   f"for {self.band_rows} output rows) exceeds the {MAX_STACK_BYTES} bytes "
+                                   "the kernel stages on the stack")
+        else:
+            self.band_rows = g.out_h
+        self.hb = self.staged_rows(self.band_rows)
+        self.offsets = self.offset_of(self.hb)
+        self.stage_size = self.hb * self.ws * self.staged_channels + STAGE_SLACK
 
     # -- staging ---------------------------------------------------------------------------------
-    def emit_stage(self, n: ir.Value, stage: ir.Value) -> None:
+    def staged_channel(self, c: ir.Value) -> ir.Value:
+        """Where input channel ``c`` goes among the staged channels (units are padded)."""
+        k, b = self.k, self.k.b
+        if self.units == 1:
+            return c
+        uic = k.i64(self.uic)
+        return b.add(b.mul(b.udiv(c, uic), k.i64(self.ucp)), b.urem(c, uic))
+
+    def emit_stage(self, n: ir.Value, stage: ir.Value, org: ir.Value) -> None:
+        """Stage the input rows that output rows ``org ..`` (a band of ``band_rows``) read."""
         k, g, b = self.k, self.g, self.k.b
-        fill = self.path.stage_value(k, ir.Constant(ir.IntType(8), self.zp))
+        fill = self.stage_value(k, ir.Constant(ir.IntType(8), self.zp))
         with k.loop(self.stage_size, name="fill") as i:
             k.store(fill, stage, i)
         src = k.ptr(self.x)
         plane = g.in_h * g.in_w
-        with k.loop(self.channels, name="sc") as c, k.loop(g.in_h, name="sh") as ih:
-            row = b.gep(src, [b.add(b.mul(b.add(b.mul(n, k.i64(self.channels)), c), k.i64(plane)),
-                                    b.mul(ih, k.i64(g.in_w)))])
-            if self.columns:
-                at = b.add(b.mul(b.add(b.mul(c, k.i64(self.hs)), b.add(ih, k.i64(g.p_top))), k.i64(self.ws)),
-                           k.i64(g.p_left))
-                dst = b.gep(stage, [at])
-                with k.loop(g.in_w, name="sw") as iw:
-                    k.store(self.path.stage_value(k, k.load(row, iw)), dst, iw)
-            else:
-                at = b.add(b.mul(b.add(b.mul(b.add(ih, k.i64(g.p_top)), k.i64(self.ws)), k.i64(g.p_left)),
-                                 k.i64(self.cstride)), c)
-                dst = b.gep(stage, [at])
-                with k.loop(g.in_w, name="sw") as iw:
-                    k.store(self.path.stage_value(k, k.load(row, iw)), dst, b.mul(iw, k.i64(self.cstride)))
+        row0 = b.mul(org, k.i64(g.s_h))      # first staged row, in padded coordinates
+        lo = b.sub(k.i64(g.p_top), row0)
+        lo = b.select(b.icmp_signed(">", lo, k.i64(0)), lo, k.i64(0))
+        hi = b.sub(k.i64(g.p_top + g.in_h), row0)
+        hi = b.select(b.icmp_signed("<", hi, k.i64(self.hb)), hi, k.i64(self.hb))
+        with k.loop(self.channels, name="sc") as c:
+            sc = self.staged_channel(c)
+            with k.loop(hi, start=lo, name="sh") as j:
+                ih = b.sub(b.add(row0, j), k.i64(g.p_top))
+                row = b.gep(src, [b.add(b.mul(b.add(b.mul(n, k.i64(self.channels)), c), k.i64(plane)),
+                                        b.mul(ih, k.i64(g.in_w)))])
+                if self.columns:
+                    at = b.add(b.mul(b.add(b.mul(sc, k.i64(self.hb)), j), k.i64(self.ws)), k.i64(g.p_left))
+                    dst = b.gep(stage, [at])
+                    with k.loop(g.in_w, name="sw") as iw:
+                        k.store(self.stage_value(k, k.load(row, iw)), dst, iw)
+                else:
+                    at = b.add(b.mul(b.add(b.mul(j, k.i64(self.ws)), k.i64(g.p_left)), k.i64(self.cstride)), sc)
+                    dst = b.gep(stage, [at])
+                    with k.loop(g.in_w, name="sw") as iw:
+                        k.store(self.stage_value(k, k.load(row, iw)), dst, b.mul(iw, k.i64(self.cstride)))
 
     # -- the reduction -----------------------------------------------------------------------------
     def base(self, p: ir.Value) -> ir.Value:
-        """Element offset in the staged image of output position ``p`` (flattened oh, ow)."""
+        """Element offset in the staged band (origin ``self.org``) of output position ``p`` (flattened oh, ow)."""
         k, g, b = self.k, self.g, self.k.b
         oh, ow = b.udiv(p, k.i64(g.out_w)), b.urem(p, k.i64(g.out_w))
+        oh = b.sub(oh, self.org)
         return b.add(b.mul(oh, k.i64(g.s_h * self.ws * self.cstride)), b.mul(ow, k.i64(g.s_w * self.cstride)))
 
-    def emit_tile(self, stage, p0: ir.Value, width: int, block0: ir.Value, blocks: int, dst, row0: ir.Value,
-                  raw: bool = False) -> None:
-        """Positions ``p0 .. p0+width`` x channel blocks ``block0 .. block0+blocks`` into
+    def unit_shift(self, unit: ir.Value) -> ir.Value:
+        """Element offset of a unit's first staged channel."""
+        k = self.k
+        step = self.ucp if not self.columns else self.ucp * self.hb * self.ws
+        return k.b.mul(unit, k.i64(step))
+
+    def emit_tile(self, stage, p0: ir.Value, width: int, unit: ir.Value, block0: ir.Value, blocks: int, dst,
+                  row0: ir.Value, raw: bool = False) -> None:
+        """Positions ``p0 .. p0+width`` x channel blocks ``block0 .. block0+blocks`` of ``unit`` into
         ``dst[(row0 + t) * ocpad + channel]``: finished, or the int32 accumulators if ``raw``."""
         k, b, path = self.k, self.k.b, self.path
-        bases = [self.base(b.add(p0, k.i64(t))) for t in range(width)]
-        blocks_ir = [b.add(block0, k.i64(j)) for j in range(blocks)]
+        shift = self.unit_shift(unit)
+        bases = [b.add(self.base(b.add(p0, k.i64(t))), shift) for t in range(width)]
+        local = [b.add(block0, k.i64(j)) for j in range(blocks)]
+        blocks_ir = [b.add(b.mul(unit, k.i64(self.blocks_u)), blk) for blk in local]
         acc = [[k.scalar_slot(self.epilogue.initial(blk)) for blk in blocks_ir] for _ in range(width)]
-        four_l = 4 * self.lanes
-        with k.loop(self.groups, name="grp") as grp:
-            off = k.load(self.table, grp)
-            wrow = b.mul(grp, k.i64(self.blocks_total))
-            ws = [path.load_w(k, self.weights, b.mul(b.add(wrow, blk), k.i64(four_l))) for blk in blocks_ir]
-            for t in range(width):
-                xv = path.load_x(k, stage, b.add(bases[t], off))
-                for j in range(blocks):
-                    b.store(path.dot(k, b.load(acc[t][j]), xv, ws[j]), acc[t][j])
+        lanes = self.lanes
+        if self.depthwise:
+            vx = ir.VectorType(self.x_type, lanes)
+            with k.loop(self.groups, name="tap") as tap:
+                off = k.load(self.table, tap)
+                ws = [vec_load(k, self.weights, b.add(b.mul(tap, k.i64(self.ocpad)), b.mul(blk, k.i64(lanes))),
+                               self.epilogue.acc_type) for blk in blocks_ir]
+                for t in range(width):
+                    for j, blk in enumerate(blocks_ir):
+                        xv = vec_load(k, stage, b.add(b.add(bases[t], off), b.mul(blk, k.i64(lanes))), vx)
+                        xv = b.zext(xv, self.epilogue.acc_type)
+                        b.store(b.add(b.load(acc[t][j]), b.mul(xv, ws[j])), acc[t][j])
+        else:
+            four_l = 4 * lanes
+            with k.loop(self.groups, name="grp") as grp:
+                off = k.load(self.table, grp)
+                wrow = b.mul(b.add(b.mul(unit, k.i64(self.groups)), grp), k.i64(self.blocks_u))
+                ws = [path.load_w(k, self.weights, b.mul(b.add(wrow, blk), k.i64(four_l))) for blk in local]
+                for t in range(width):
+                    xv = path.load_x(k, stage, b.add(bases[t], off))
+                    for j in range(blocks):
+                        b.store(path.dot(k, b.load(acc[t][j]), xv, ws[j]), acc[t][j])
         for t in range(width):
             for j, blk in enumerate(blocks_ir):
                 out = b.load(acc[t][j]) if raw else self.epilogue.finish(b.load(acc[t][j]), blk)
-                at = b.add(b.mul(b.add(row0, k.i64(t)), k.i64(self.ocpad)), b.mul(blk, k.i64(self.lanes)))
+                at = b.add(b.mul(b.add(row0, k.i64(t)), k.i64(self.ocpad)), b.mul(blk, k.i64(lanes)))
                 vec_store(k, out, dst, at)
 
     def emit_range(self, stage, p0: ir.Value, length: int, dst, raw: bool = False) -> None:
         """Output positions ``p0 .. p0+length`` (all channels) into ``dst[position - p0][channel]``."""
         k, b = self.k, self.k.b
         tile, blocks = self.tile, self.tile_blocks
-        with k.loop(self.blocks_total // blocks, name="og") as og:
+        with k.loop(self.units, name="unit") as unit, k.loop(self.blocks_u // blocks, name="og") as og:
             block0 = b.mul(og, k.i64(blocks))
             full = length // tile
             if full:
                 with k.loop(full, name="tile") as t:
                     row0 = b.mul(t, k.i64(tile))
-                    self.emit_tile(stage, b.add(p0, row0), tile, block0, blocks, dst, row0, raw)
+                    self.emit_tile(stage, b.add(p0, row0), tile, unit, block0, blocks, dst, row0, raw)
             if length % tile:
                 row0 = k.i64(full * tile)
-                self.emit_tile(stage, b.add(p0, row0), length % tile, block0, blocks, dst, row0, raw)
+                self.emit_tile(stage, b.add(p0, row0), length % tile, unit, block0, blocks, dst, row0, raw)
+
+    def slot(self, c: ir.Value) -> ir.Value:
+        """Column of output channel ``c`` in a ``[position][ocpad]`` buffer."""
+        k, b = self.k, self.k.b
+        if self.units == 1:
+            return c
+        uoc = k.i64(self.uoc)
+        return b.add(b.mul(b.udiv(c, uoc), k.i64(self.uocp)), b.urem(c, uoc))
 
     def write_out(self, n: ir.Value, src, p0: ir.Value, length: int, plane: int) -> None:
-        """``y[n, c, p0 + i] = src[i][c]`` for the real channels."""
+        """``y[n, c, p0 + i] = src[i][slot(c)]`` for the real channels."""
         k, b = self.k, self.k.b
         y = k.ptr(self.y)
         with k.loop(self.out_channels, name="wc") as c:
             dst = b.gep(y, [b.add(b.mul(b.add(b.mul(n, k.i64(self.out_channels)), c), k.i64(plane)), p0)])
+            col = self.slot(c)
             with k.loop(length, name="wp") as i:
-                k.store(k.load(src, b.add(b.mul(i, k.i64(self.ocpad)), c)), dst, i)
+                k.store(k.load(src, b.add(b.mul(i, k.i64(self.ocpad)), col)), dst, i)
 
     # -- the kernel ------------------------------------------------------------------------------
     def emit(self) -> None:
         k, g, b = self.k, self.g, self.k.b
         element = self.epilogue.element
         esize = 1 if self.epilogue.uint8 else 4
-        self.tile, self.tile_blocks = choose_tile(self.path, self.blocks_total, g.out_w if self.pooled else
-                                                  g.out_h * g.out_w, 32 if self.lanes == 16 else 16)
-        stage = k.stack_array(self.path.x_type, self.stage_size)
-        work = g.out_h * g.out_w * self.out_channels * self.groups * 4
+        registers = 32 if self.lanes == 16 else 16
+        path = _DEPTHWISE if self.depthwise else self.path
+        self.tile, self.tile_blocks = choose_tile(path, self.blocks_u, g.out_w if self.pooled else
+                                                  g.out_h * g.out_w, registers)
+        stage = k.stack_array(self.x_type, self.stage_size)
+        work = g.out_h * g.out_w * self.out_channels * self.groups * (1 if self.depthwise else 4)
+        self.org = k.i64(0)
         if self.pooled:
             self.emit_pooled(stage, element, work)
             return
         rows = max(1, min(g.out_h, MAX_ROW_BUFFER // (g.out_w * self.ocpad * esize)))
+        if self.banded:
+            rows = min(rows, self.band_rows)
         buf = k.stack_array(element, rows * g.out_w * self.ocpad)
         plane = g.out_h * g.out_w
         with k.parallel_loop(self.x.type.shape[0], work, name="img") as n:
-            self.emit_stage(n, stage)
-            chunk = rows * g.out_w
+            if not self.banded:
+                self.emit_stage(n, stage, self.org)
+
+            def part(r0: ir.Value, count: int) -> None:
+                if self.banded:
+                    self.org = r0
+                    self.emit_stage(n, stage, r0)
+                p0 = b.mul(r0, k.i64(g.out_w))
+                self.emit_range(stage, p0, count * g.out_w, buf)
+                self.write_out(n, buf, p0, count * g.out_w, plane)
+
             if g.out_h // rows:
                 with k.loop(g.out_h // rows, name="chunk") as r:
-                    p0 = b.mul(r, k.i64(chunk))
-                    self.emit_range(stage, p0, chunk, buf)
-                    self.write_out(n, buf, p0, chunk, plane)
+                    part(b.mul(r, k.i64(rows)), rows)
             if g.out_h % rows:
-                p0 = k.i64(g.out_h // rows * chunk)
-                self.emit_range(stage, p0, g.out_h % rows * g.out_w, buf)
-                self.write_out(n, buf, p0, g.out_h % rows * g.out_w, plane)
+                part(k.i64(g.out_h // rows * rows), g.out_h % rows)
 
     @property
     def pooled(self) -> bool:
@@ -253,8 +409,13 @@ class QConvKernel:
         pooled_row = k.stack_array(element, p.out_w * self.ocpad)
         lowest = ir.Constant(row_type, [-(2 ** 31)] * self.lanes) if raw else ep.lowest()
         with k.parallel_loop(self.x.type.shape[0], work, name="img") as n:
-            self.emit_stage(n, stage)
+            if not self.banded:
+                self.emit_stage(n, stage, self.org)
             with k.loop(p.out_h, name="ph") as ph:
+                if self.banded:   # the conv rows of this pooled row, from the first one that exists
+                    first = p.input_row(k, ph, 0)
+                    self.org = b.select(b.icmp_signed(">", first, k.i64(0)), first, k.i64(0))
+                    self.emit_stage(n, stage, self.org)
                 valid = []
                 for pkh in range(p.k_h):
                     oh = p.input_row(k, ph, pkh)
