@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 from typing import Callable, Optional, Sequence
 
+import numpy as np
+
 from .backends.llvm.compiler import compile_ir
 from .backends.llvm.module import ENTRY, build_module
 from .backends.llvm.target import Target, host_target, named_target
@@ -136,7 +138,10 @@ def compile(model: ModelSource, target: str = "cpu", opt_level: int = 3, quantiz
     options = {"opt_level": opt_level, "threads": threads, "mcpu": mcpu, "max_memory": max_memory}
     if quantize is not None:
         graph = optimize(proto, opt_level, verify=verify, after_pass=after_pass, keep=keep)
-        return compile_quantized(graph, model_bytes, options, mcpu=mcpu, **quantize_request)
+        if after_pass is not None or not cache_enabled():
+            return compile_quantized(graph, model_bytes, options, mcpu=mcpu, **quantize_request)
+        return cached_quantized(graph, model_bytes, options, mcpu=mcpu, keep=keep, verify=verify,
+                                **quantize_request)
 
     def build() -> CompiledModel:
         stages = len(passes_for_level(opt_level)) + 1
@@ -161,9 +166,10 @@ def compile(model: ModelSource, target: str = "cpu", opt_level: int = 3, quantiz
 def compile_quantized(graph: Graph, model_bytes: bytes, options: dict, *, mcpu: Optional[str], quantize: str,
                       calibration, calibration_method: Optional[str], keep_fp32, max_accuracy_drop, labels,
                       max_error) -> CompiledModel:
-    """Quantize the optimized fp32 ``graph`` (``lepton_compiler/quantize``) and lower the int8 graph.
-    Not cached: calibration runs each time. The options keep the calibration table and the layers
-    left fp32 on request, so that an artifact recompiled for another CPU gets the same graph."""
+    """Quantize the optimized fp32 ``graph`` (``lepton_compiler/quantize``) and lower the int8 graph
+    (calibration runs each time: ``cached_quantized`` is the cached form). The options keep the
+    calibration table and the layers left fp32 on request, so that an artifact recompiled for another
+    CPU gets the same graph."""
     from .quantize import quantize_graph_with
     q = quantize_graph_with(graph, calibration, calibration_method or "minmax", keep_fp32,
                             max_accuracy_drop=max_accuracy_drop, labels=labels, max_error=max_error)
@@ -173,6 +179,50 @@ def compile_quantized(graph: Graph, model_bytes: bytes, options: dict, *, mcpu: 
     model.summary["quantization"] = q.summary()
     model.quantization = q
     return model
+
+
+def cached_quantized(graph: Graph, model_bytes: bytes, options: dict, *, mcpu: Optional[str], keep, verify: bool,
+                     quantize: str, calibration, calibration_method: Optional[str], keep_fp32, max_accuracy_drop,
+                     labels, max_error) -> CompiledModel:
+    """``compile_quantized`` through the compile cache. The calibration data is read (and checked) once,
+    here; the key adds to the fp32 one the digest of that data (each input's name, dtype, shape and
+    bytes, in input order: the batches it came in do not matter, as they do not to calibration), the
+    method, ``keep_fp32``, the accuracy bound and the digest of ``labels``. A model loaded from the
+    cache folder gets its ``quantization`` back from the stored calibration table (no calibration
+    run), with the data, so that ``quantization_report`` works on it too."""
+    from .quantize import Calibration, load_calibration, quantize_graph_with
+    from .quantize.accuracy import AccuracySearch
+    from .quantize.calibration import batch_size_for, input_specs
+    from .runtime.cache import arrays_digest
+
+    specs = input_specs(graph)
+    if Calibration.is_json(calibration):   # a stored table: its JSON is the data
+        feeds, data_key = calibration, {"table": calibration}
+    else:
+        feeds = load_calibration(calibration, specs)
+        data_key = {"data": arrays_digest(feeds.items())}
+    keep_list = [keep_fp32] if isinstance(keep_fp32, str) else list(keep_fp32 or [])
+    settings = {**options, "keep": list(keep or []), "verify": verify, "quantize": quantize, "calibration": data_key,
+                "calibration_method": calibration_method or "minmax", "keep_fp32": keep_list,
+                "max_accuracy_drop": max_accuracy_drop, "max_error": max_error,
+                "labels": None if labels is None else arrays_digest([("labels", np.asarray(labels))])}
+    request = dict(quantize=quantize, calibration=feeds, calibration_method=calibration_method, keep_fp32=keep_fp32,
+                   max_accuracy_drop=max_accuracy_drop, labels=labels, max_error=max_error)
+
+    def load(path: str) -> CompiledModel:
+        model = load_artifact(path)
+        stored = model.options
+        q = quantize_graph_with(graph, stored["calibration"], stored["calibration_method"], stored["keep_fp32"])
+        search = model.summary.get("quantization", {}).get("search")
+        q.search = AccuracySearch.from_json(search) if search else None
+        if not Calibration.is_json(feeds):
+            q.feeds, q.batch_size = feeds, batch_size_for(specs)
+        model.quantization = q
+        return model
+
+    key = cache_key(model_bytes, resolve_target(mcpu).to_json(), settings)
+    return cached(key, lambda: compile_quantized(graph, model_bytes, options, mcpu=mcpu, **request),
+                  load=load, save=lambda m, path: m.save(path))
 
 
 def quantization_report(model):

@@ -101,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per measurement")
     b.add_argument("--target", default="cpu", choices=("cpu", "ort"), help="what lepton runs the model with")
     _ort_arguments(b)
+    from .quantize.calibration import METHODS
+    b.add_argument("--quantize", choices=("int8",), help="time lepton int8 next to lepton fp32, ONNX Runtime fp32 "
+                   "and ONNX Runtime int8 (quantize_static, QDQ per-channel, on the same calibration data)")
+    b.add_argument("--calibration", metavar="DATA.npz", help="--quantize: calibration samples, one array per model "
+                   "input (default for the bundled model: its 200 bundled training images)")
+    b.add_argument("--calibration-method", choices=METHODS, help="--quantize: lepton's range method (default: "
+                   "minmax; ONNX Runtime's quantizer uses MinMax)")
 
     sub.add_parser("demo", help="compile the bundled MNIST CNN and compare it with ONNX Runtime")
     _tool_parsers(sub)
@@ -286,6 +293,8 @@ def cmd_bench(args) -> int:
 
     path = args.model or bundled_model_path()
     model_bytes = load_onnx(path).SerializeToString()
+    if args.quantize or args.calibration or args.calibration_method:
+        return _bench_int8(args, path, model_bytes)
     peak = fma_peak_gflops()
     rows = compare(model_bytes, lambda t: api.compile(model_bytes, target=args.target, threads=t,
                                                       **_ort_kwargs(args)),
@@ -295,6 +304,38 @@ def cmd_bench(args) -> int:
     print(format_table(rows))
     print("ORT/lepton > 1 means lepton is faster; medians of 9 interleaved rounds, same process, same inputs;"
           " % peak is of the cores in use.")
+    return 0
+
+
+def _bench_int8(args, path: str, model_bytes: bytes) -> int:
+    """``lepton bench --quantize int8``: the four-way table of ``bench.int8_benchmark``."""
+    from .backends.llvm.target import host_target
+    from .bench import int8_benchmark, macs_per_image
+    from .demo import bundled_model_path, calibration_images, mnist_test_images
+    from .frontends.onnx import import_model
+    from .passes import optimize_graph
+    from .quantize.calibration import input_specs, load_calibration
+
+    if not args.quantize:
+        raise LeptonError("--calibration and --calibration-method apply to bench --quantize int8")
+    if args.target != "cpu" or _ort_kwargs(args):
+        raise LeptonError("bench --quantize applies to --target cpu (lepton's int8 kernels)")
+    graph = import_model(model_bytes)
+    bundled = os.path.realpath(path) == os.path.realpath(bundled_model_path())
+    if args.calibration:
+        calibration, source = load_calibration(args.calibration, input_specs(graph)), args.calibration
+    elif bundled:
+        calibration, source = {graph.inputs[0].name: calibration_images()[0]}, "the bundled training images"
+    else:
+        raise LeptonError(f"bench --quantize int8 needs --calibration DATA.npz (one array per input of "
+                          f"{os.path.basename(path)}); only the bundled MNIST CNN has default calibration data")
+    x, labels = mnist_test_images()
+    test = ({graph.inputs[0].name: x}, labels) if bundled else None
+    text = int8_benchmark(model_bytes, calibration, args.batch, args.threads, args.min_time,
+                          args.calibration_method, test, source)
+    print(f"model: {path} ({macs_per_image(optimize_graph(graph.copy(), 0)):,} multiply-adds per image)")
+    print(f"cpu: {host_target().cpu}")
+    print(text)
     return 0
 
 

@@ -211,6 +211,16 @@ def test_demo():
     assert m, proc.stdout
     assert m.group(1) == m.group(2)
     assert float(m.group(1)) > 95.0
+    # int8, calibrated on the 200 bundled training images (the figures: tests/test_demo_int8.py)
+    m = re.search(r"accuracy .*lepton int8 ([\d.]+)%", proc.stdout)
+    assert m and float(m.group(1)) >= 96.0, proc.stdout
+    assert re.search(r"int8 vs lepton fp32: argmax \d+/1000", proc.stdout), proc.stdout
+    assert "minmax calibration on 200 training images" in proc.stdout
+    assert re.search(r"^ +lepton +lepton int8 +ONNX Runtime +ORT/lepton +ORT/int8$", proc.stdout, re.M)
+    for batch in (1, 64):
+        row = re.search(rf"^  batch {batch:>2} (.*)$", proc.stdout, re.M)
+        assert row and len(row.group(1).split()) == 5, proc.stdout
+        assert all(float(v.rstrip("x")) > 0 for v in row.group(1).split())
 
 
 def test_bench():
@@ -224,6 +234,46 @@ def test_bench():
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert len(cells) == len(header.strip("|").split("|"))
     assert float(cells[2]) > 0 and float(cells[3]) > 0
+
+
+def table(stdout):
+    lines = stdout.splitlines()
+    header = next(line for line in lines if line.startswith("|") and "batch" in line)
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines if re.match(r"^\|\s*\d", line)]
+    return columns, rows
+
+
+def test_bench_int8_bundled():
+    proc = lepton("bench", "--quantize", "int8", "--batch", "1,4", "--min-time", "0.05", timeout=300)
+    assert_ok(proc)
+    columns, rows = table(proc.stdout)
+    for name in ("lepton fp32 µs/image", "lepton int8 µs/image", "ORT fp32 µs/image", "ORT int8 µs/image",
+                 "ORT int8 / lepton int8"):
+        assert name in columns, columns
+    assert [r[:2] for r in rows] == [["1", "1"], ["4", "1"]]
+    for row in rows:
+        assert len(row) == len(columns) and all(float(c.rstrip("x")) > 0 for c in row)
+    assert "200 samples of the bundled training images; lepton: minmax" in proc.stdout
+    m = re.search(r"top-1 on the 1000 test images: lepton fp32 ([\d.]+)%, lepton int8 ([\d.]+)%, "
+                  r"ORT fp32 ([\d.]+)%, ORT int8 ([\d.]+)%", proc.stdout)
+    assert m and all(float(v) >= 96.0 for v in m.groups()), proc.stdout
+
+
+def test_bench_int8_other_model(work):
+    # another model has no default calibration data: one clear line
+    assert_one_line_error(lepton("bench", ALT_MODEL, "--quantize", "int8"), "--calibration", "bundled")
+    assert_one_line_error(lepton("bench", "--calibration", work / "c.npz"), "--quantize int8")
+    assert_one_line_error(lepton("bench", "--quantize", "int8", "--target", "ort"), "--target cpu")
+    data = work / "alt_calibration.npz"
+    np.savez(data, x=_images(40))   # this model's input is named "x"; an opset-11 model for ORT's quantizer
+    proc = lepton("bench", ALT_MODEL, "--quantize", "int8", "--calibration", data, "--calibration-method",
+                  "percentile", "--batch", "2", "--min-time", "0.05", timeout=300)
+    assert_ok(proc)
+    columns, rows = table(proc.stdout)
+    assert "lepton int8 µs/image" in columns and "ORT int8 µs/image" in columns and len(rows) == 1
+    assert "40 samples of" in proc.stdout and "lepton: percentile" in proc.stdout
+    assert "top-1" not in proc.stdout   # no labelled test data for another model
 
 
 # -- errors ----------------------------------------------------------------------------------

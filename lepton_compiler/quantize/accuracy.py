@@ -55,6 +55,12 @@ class AccuracySearch:
                 "steps": [{"returned": s.returned, "metric": s.metric, "fp32_layers": list(s.fp32_layers)}
                           for s in self.steps]}
 
+    @classmethod
+    def from_json(cls, data: Mapping) -> "AccuracySearch":
+        """The inverse of ``to_json`` (a cached compile restores its search from the model's summary)."""
+        return cls(data["bound"], data["limit"], data["fp32_accuracy"], [(n, v) for n, v in data["ranking"]],
+                   [Step(s["returned"], s["metric"], tuple(s["fp32_layers"])) for s in data["steps"]], data["met"])
+
     def format(self) -> str:
         what = "top-1 accuracy drop (points)" if self.bound == "max_accuracy_drop" else "max abs output error"
         lines = [f"accuracy-aware quantization: {self.bound} = {self.limit:g} ({what})"]

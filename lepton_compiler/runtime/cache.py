@@ -5,7 +5,10 @@ there as ordinary artifacts (so a second process skips compilation) and in
 memory (the last ``MEMORY_ENTRIES`` of this process; an identical compile
 returns the same ``CompiledModel``). The key is the sha256 of the ONNX bytes,
 the target (triple, CPU, features), every compile setting, and a fingerprint of
-lepton's own source files, so a changed compiler never reuses stale code.
+lepton's own source files, so a changed compiler never reuses stale code. A quantized
+compile's settings also hold the digest of its calibration data (``arrays_digest``:
+each array's name, dtype, shape and bytes, in order), its method and every quantization
+option, so that a hit skips calibration too.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import os
 import threading
 from collections import OrderedDict
 from functools import lru_cache
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
+
+import numpy as np
 
 from ..errors import LeptonError
 
@@ -48,6 +53,16 @@ def cache_key(model_bytes: bytes, target: dict, settings: dict) -> str:
     digest = hashlib.sha256(model_bytes)
     digest.update(json.dumps({"target": target, "settings": settings, "lepton": source_fingerprint()},
                              sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def arrays_digest(arrays: Iterable[tuple[str, np.ndarray]]) -> str:
+    """sha256 of named arrays, in the order given: each one's name, dtype, shape and bytes (C order)."""
+    digest = hashlib.sha256()
+    for name, array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(json.dumps([name, array.dtype.str, list(array.shape)]).encode())
+        digest.update(array.reshape(-1).view(np.uint8) if array.size else b"")
     return digest.hexdigest()
 
 
