@@ -81,9 +81,13 @@ def main():
         t64 = per_image(fn, images[:64], args.min_time)
         print(f"{name:16s} {t1:10.2f} {t64:10.2f} {accuracy[name]:7.3f}")
     if args.profile:
-        _, times = int8.run_profiled({"input": images[:64]}, repeats=200)
-        for kernel, t in zip(int8.summary["kernels"], times):
-            print(f"  {kernel:40s} {t / 64 * 1e6:8.2f} µs/image")
+        print(f"  {'lepton int8 kernel':40s} {'batch 1':>8s} {'batch 64':>8s}   (µs/image)")
+        per_batch = {}
+        for batch, repeats in ((1, 2000), (64, 200)):
+            _, times = int8.run_profiled({"input": images[:batch]}, repeats=repeats)
+            per_batch[batch] = [t / batch * 1e6 for t in times]
+        for i, kernel in enumerate(int8.summary["kernels"]):
+            print(f"  {kernel:40s} {per_batch[1][i]:8.2f} {per_batch[64][i]:8.2f}")
 
 
 if __name__ == "__main__":

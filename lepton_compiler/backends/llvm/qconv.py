@@ -53,6 +53,40 @@ def float_conv(node: Node) -> Node:
     return Node("Conv", node.name, values, [Value(f"{node.name}.conv", TensorType("float32", ()))], attrs)
 
 
+VECTOR_WRITE_BACK = True
+VECTOR_STAGING = True
+
+
+def load_bytes(k: KernelBuilder, ptr: ir.Value, offset: ir.Value, count: int, vec: ir.VectorType) -> ir.Value:
+    """``count`` bytes from ``ptr + offset`` as a 16-byte vector (the rest undefined)."""
+    if count == vec.count:
+        return vec_load(k, ptr, offset, vec)
+    part = vec_load(k, ptr, offset, ir.VectorType(vec.element, count))
+    return k.b.shuffle_vector(part, ir.Constant(part.type, ir.Undefined),
+                              ir.Constant(ir.VectorType(ir.IntType(32), vec.count),
+                                          [i if i < count else count for i in range(vec.count)]))
+
+
+def first(k: KernelBuilder, v: ir.Value, count: int) -> ir.Value:
+    """The first ``count`` elements of vector ``v``."""
+    if count == v.type.count:
+        return v
+    return k.b.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
+                              ir.Constant(ir.VectorType(ir.IntType(32), count), list(range(count))))
+
+
+def transpose_bytes(k: KernelBuilder, rows: list) -> list:
+    """16 vectors of 16 bytes (row ``r``) into 16 vectors (column ``j``): four rounds of
+    interleaving row ``i`` with row ``i + 8`` (``punpcklbw`` / ``punpckhbw``)."""
+    b = k.b
+    mask_type = ir.VectorType(ir.IntType(32), 16)
+    low = ir.Constant(mask_type, [v for i in range(8) for v in (i, i + 16)])
+    high = ir.Constant(mask_type, [v for i in range(8, 16) for v in (i, i + 16)])
+    for _ in range(4):
+        rows = [b.shuffle_vector(rows[i // 2], rows[i // 2 + 8], low if i % 2 == 0 else high) for i in range(16)]
+    return rows
+
+
 class _DepthwiseDot:
     weight_registers = 1     # for choose_tile: a depthwise tap takes one weight vector per block
 
@@ -244,7 +278,10 @@ class QConvKernel:
         lo = b.select(b.icmp_signed(">", lo, k.i64(0)), lo, k.i64(0))
         hi = b.sub(k.i64(g.p_top + g.in_h), row0)
         hi = b.select(b.icmp_signed("<", hi, k.i64(self.hb)), hi, k.i64(self.hb))
-        with k.loop(self.channels, name="sc") as c:
+        vector = not self.columns and self.units == 1 and g.in_w >= 8 and self.channels >= 16 and VECTOR_STAGING
+        if vector:
+            self.emit_stage_tiles(n, stage, row0, lo, hi)
+        with k.loop(self.channels, start=self.channels // 16 * 16 if vector else 0, name="sc") as c:
             sc = self.staged_channel(c)
             with k.loop(hi, start=lo, name="sh") as j:
                 ih = b.sub(b.add(row0, j), k.i64(g.p_top))
@@ -260,6 +297,30 @@ class QConvKernel:
                     dst = b.gep(stage, [at])
                     with k.loop(g.in_w, name="sw") as iw:
                         k.store(self.stage_value(k, k.load(row, iw)), dst, b.mul(iw, k.i64(self.cstride)))
+
+    def emit_stage_tiles(self, n, stage, row0, lo, hi) -> None:
+        """The NHWC staging of whole blocks of 16 channels: tiles of 16 channels x 16 (or 8)
+        columns transposed in registers, the last tile of a row overlapping the one before."""
+        k, g, b = self.k, self.g, self.k.b
+        width = 16 if g.in_w >= 16 else 8
+        vec = ir.VectorType(ir.IntType(8), 16)
+        wide = self.x_type.width != 8
+        src = k.ptr(self.x)
+        with k.loop(self.channels // 16, name="sb") as cb, k.loop(hi, start=lo, name="sh") as j:
+            ih = b.sub(b.add(row0, j), k.i64(g.p_top))
+            c0 = b.mul(cb, k.i64(16))
+            first_row = b.add(b.mul(b.add(b.mul(n, k.i64(self.channels)), c0), k.i64(g.in_h * g.in_w)),
+                              b.mul(ih, k.i64(g.in_w)))
+            dst_row = b.add(b.mul(b.add(b.mul(j, k.i64(self.ws)), k.i64(g.p_left)), k.i64(self.cstride)), c0)
+            with k.loop(-(-g.in_w // width), name="st") as t:
+                w0 = b.mul(t, k.i64(width))
+                w0 = b.select(b.icmp_signed(">", w0, k.i64(g.in_w - width)), k.i64(g.in_w - width), w0)
+                rows = [load_bytes(k, src, b.add(first_row, b.add(k.i64(r * g.in_h * g.in_w), w0)), width, vec)
+                        for r in range(16)]
+                cols = transpose_bytes(k, rows)
+                for i in range(width):
+                    v = b.zext(cols[i], ir.VectorType(self.x_type, 16)) if wide else cols[i]
+                    vec_store(k, v, stage, b.add(dst_row, b.mul(b.add(w0, k.i64(i)), k.i64(self.cstride))))
 
     # -- the reduction -----------------------------------------------------------------------------
     def base(self, p: ir.Value) -> ir.Value:
@@ -336,8 +397,23 @@ class QConvKernel:
         uoc = k.i64(self.uoc)
         return b.add(b.mul(b.udiv(c, uoc), k.i64(self.uocp)), b.urem(c, uoc))
 
-    def write_out(self, n: ir.Value, src, p0: ir.Value, length: int, plane: int) -> None:
-        """``y[n, c, p0 + i] = src[i][slot(c)]`` for the real channels."""
+    def write_out(self, n: ir.Value, src, p0: ir.Value, length, plane: int, most: int = 0) -> None:
+        """``y[n, c, p0 + i] = src[i][slot(c)]`` for the real channels and ``i < length`` (an int,
+        or an IR value of at most ``most``). A uint8 output goes by transposed 16 x 16 byte tiles."""
+        k, b = self.k, self.k.b
+        most = length if isinstance(length, int) else most
+        if self.epilogue.uint8 and most >= 8 and VECTOR_WRITE_BACK:
+            width = 16 if most >= 16 else 8
+            short = b.icmp_signed("<", k.i64(length), k.i64(width))
+            with b.if_else(short) as (then, otherwise):
+                with then:
+                    self.write_out_scalar(n, src, p0, length, plane)
+                with otherwise:
+                    self.write_out_tiles(n, src, p0, k.i64(length), plane, width)
+            return
+        self.write_out_scalar(n, src, p0, length, plane)
+
+    def write_out_scalar(self, n, src, p0, length, plane) -> None:
         k, b = self.k, self.k.b
         y = k.ptr(self.y)
         with k.loop(self.out_channels, name="wc") as c:
@@ -345,6 +421,34 @@ class QConvKernel:
             col = self.slot(c)
             with k.loop(length, name="wp") as i:
                 k.store(k.load(src, b.add(b.mul(i, k.i64(self.ocpad)), col)), dst, i)
+
+    def write_out_tiles(self, n, src, p0, length: ir.Value, plane: int, width: int) -> None:
+        """Tiles of ``width`` positions x 16 slots, transposed in registers into per-channel runs;
+        the last tile of positions overlaps the one before it (``length >= width``)."""
+        k, b = self.k, self.k.b
+        y = k.ptr(self.y)
+        channel_of = np.full(-(-self.ocpad // 16) * 16, -1, np.int64)
+        channel_of[self.slots] = np.arange(self.out_channels)
+        table = None if self.units == 1 else k.constant(f"{self.node.name}.channel_of", channel_of)
+        tiles = b.udiv(b.add(length, k.i64(width - 1)), k.i64(width))
+        vec = ir.VectorType(ir.IntType(8), 16)
+        with k.loop(tiles, name="wt") as t:
+            i0 = b.mul(t, k.i64(width))
+            last = b.sub(length, k.i64(width))
+            i0 = b.select(b.icmp_signed(">", i0, last), last, i0)
+            with k.loop(len(channel_of) // 16, name="ws") as sb:
+                rows = [load_bytes(k, src, b.add(b.mul(b.add(i0, k.i64(r)), k.i64(self.ocpad)),
+                                                 b.mul(sb, k.i64(16))), 16, vec) for r in range(width)]
+                cols = transpose_bytes(k, rows + [ir.Constant(vec, ir.Undefined)] * (16 - width))
+                for j in range(16):
+                    slot = b.add(b.mul(sb, k.i64(16)), k.i64(j))
+                    c = slot if table is None else k.load(table, slot)
+                    real = b.icmp_signed("<", c, k.i64(self.out_channels))
+                    if table is not None:
+                        real = b.and_(real, b.icmp_signed(">=", c, k.i64(0)))
+                    with b.if_then(real):
+                        at = b.add(b.add(b.mul(b.add(b.mul(n, k.i64(self.out_channels)), c), k.i64(plane)), p0), i0)
+                        vec_store(k, first(k, cols[j], width), y, at)
 
     # -- the kernel ------------------------------------------------------------------------------
     def emit(self) -> None:
@@ -364,7 +468,7 @@ class QConvKernel:
         rows = max(1, min(g.out_h, MAX_ROW_BUFFER // (g.out_w * self.ocpad * esize)))
         if self.banded:
             rows = min(rows, self.band_rows)
-        buf = k.stack_array(element, rows * g.out_w * self.ocpad)
+        buf = k.stack_array(element, rows * g.out_w * self.ocpad + 16)
         plane = g.out_h * g.out_w
         with k.parallel_loop(self.x.type.shape[0], work, name="img") as n:
             if not self.banded:
@@ -406,40 +510,54 @@ class QConvKernel:
         raw = self.pool_raw()
         row_type = ep.acc_type if raw else ep.out_type
         rows = [k.stack_array(row_type.element, g.out_w * self.ocpad) for _ in range(p.k_h)]
-        pooled_row = k.stack_array(element, p.out_w * self.ocpad)
+        esize = 1 if ep.uint8 else 4
+        chunk = max(1, min(p.out_h, MAX_ROW_BUFFER // (p.out_w * self.ocpad * esize)))
+        pooled = k.stack_array(element, chunk * p.out_w * self.ocpad + 16)
         lowest = ir.Constant(row_type, [-(2 ** 31)] * self.lanes) if raw else ep.lowest()
         with k.parallel_loop(self.x.type.shape[0], work, name="img") as n:
             if not self.banded:
                 self.emit_stage(n, stage, self.org)
-            with k.loop(p.out_h, name="ph") as ph:
-                if self.banded:   # the conv rows of this pooled row, from the first one that exists
-                    first = p.input_row(k, ph, 0)
-                    self.org = b.select(b.icmp_signed(">", first, k.i64(0)), first, k.i64(0))
-                    self.emit_stage(n, stage, self.org)
-                valid = []
+            chunks = -(-p.out_h // chunk)
+            with k.loop(chunks, name="pc") as pc:
+                r0 = b.mul(pc, k.i64(chunk))
+                r1 = b.add(r0, k.i64(chunk))
+                r1 = b.select(b.icmp_signed("<", r1, k.i64(p.out_h)), r1, k.i64(p.out_h))
+                with k.loop(r1, start=r0, name="ph") as ph:
+                    pooled_row = b.gep(pooled, [b.mul(b.sub(ph, r0), k.i64(p.out_w * self.ocpad))])
+                    self.emit_pooled_row(n, stage, p, ph, rows, pooled_row, row_type, lowest, raw)
+                count = b.mul(b.sub(r1, r0), k.i64(p.out_w))
+                self.write_out(n, pooled, b.mul(r0, k.i64(p.out_w)), count, plane, chunk * p.out_w)
+
+    def emit_pooled_row(self, n, stage, p, ph, rows, pooled_row, row_type, lowest, raw) -> None:
+        """Pooled row ``ph`` (all channels) into ``pooled_row[pw][slot]``."""
+        k, g, b, ep = self.k, self.g, self.k.b, self.epilogue
+        if self.banded:   # the conv rows of this pooled row, from the first one that exists
+            top = p.input_row(k, ph, 0)
+            self.org = b.select(b.icmp_signed(">", top, k.i64(0)), top, k.i64(0))
+            self.emit_stage(n, stage, self.org)
+        valid = []
+        for pkh in range(p.k_h):
+            oh = p.input_row(k, ph, pkh)
+            ok = k.in_range(oh, p.in_h)
+            valid.append(ok)
+            with b.if_then(ok):
+                self.emit_range(stage, b.mul(oh, k.i64(g.out_w)), g.out_w, rows[pkh], raw)
+        with k.loop(p.out_w, name="pw") as pw:
+            for j in range(self.blocks_total):
+                best = k.scalar_slot(lowest)
                 for pkh in range(p.k_h):
-                    oh = p.input_row(k, ph, pkh)
-                    ok = k.in_range(oh, p.in_h)
-                    valid.append(ok)
-                    with b.if_then(ok):
-                        self.emit_range(stage, b.mul(oh, k.i64(g.out_w)), g.out_w, rows[pkh], raw)
-                with k.loop(p.out_w, name="pw") as pw:
-                    for j in range(self.blocks_total):
-                        best = k.scalar_slot(lowest)
-                        for pkh in range(p.k_h):
-                            with b.if_then(valid[pkh]):
-                                for pkw in range(p.k_w):
-                                    col = b.add(b.mul(pw, k.i64(p.s_w)), k.i64(pkw * p.d_w - p.p_left))
-                                    with b.if_then(k.in_range(col, p.in_w)):
-                                        at = b.add(b.mul(col, k.i64(self.ocpad)), k.i64(j * self.lanes))
-                                        v = vec_load(k, rows[pkh], at, row_type)
-                                        b.store(k.intrinsic("llvm.smax", b.load(best), v) if raw
-                                                else ep.vmax(b.load(best), v), best)
-                        value = b.load(best)
-                        if raw:
-                            value = ep.finish(value, k.i64(j))
-                        vec_store(k, value, pooled_row, b.add(b.mul(pw, k.i64(self.ocpad)), k.i64(j * self.lanes)))
-                self.write_out(n, pooled_row, b.mul(ph, k.i64(p.out_w)), p.out_w, plane)
+                    with b.if_then(valid[pkh]):
+                        for pkw in range(p.k_w):
+                            col = b.add(b.mul(pw, k.i64(p.s_w)), k.i64(pkw * p.d_w - p.p_left))
+                            with b.if_then(k.in_range(col, p.in_w)):
+                                at = b.add(b.mul(col, k.i64(self.ocpad)), k.i64(j * self.lanes))
+                                v = vec_load(k, rows[pkh], at, row_type)
+                                b.store(k.intrinsic("llvm.smax", b.load(best), v) if raw
+                                        else ep.vmax(b.load(best), v), best)
+                value = b.load(best)
+                if raw:
+                    value = ep.finish(value, k.i64(j))
+                vec_store(k, value, pooled_row, b.add(b.mul(pw, k.i64(self.ocpad)), k.i64(j * self.lanes)))
 
 
 @lowering("QConv")
