@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 from typing import Callable, Optional, Sequence
 
-import numpy as np
 
 from .backends.llvm.compiler import compile_ir
 from .backends.llvm.module import ENTRY, build_module
@@ -104,7 +103,7 @@ def compile(model: ModelSource, target: str = "cpu", opt_level: int = 3, quantiz
     if gpu is not None:
         raise LeptonError("gpu= applies to target='cuda'")
     if target not in ("cpu", "ort"):
-        raise LeptonError(f"target {target!r} is not available in this version; use target='cpu' or 'ort'")
+        raise LeptonError(f"unknown target {target!r}; use target='cpu', 'ort' or 'cuda'")
     from .quantize import check_request
     check_request(**quantize_request)
     if quantize is not None and target != "cpu":
@@ -113,30 +112,47 @@ def compile(model: ModelSource, target: str = "cpu", opt_level: int = 3, quantiz
         raise LeptonError(f"threads must be a positive int or None, not {threads!r}")
     parse_size(max_memory)
     if target == "ort":
-        from .backends.ort import DEFAULT_OPTIMIZATION, SessionSettings, compile_ort, provider_request
         if mcpu is not None:
             raise LeptonError("mcpu= applies to target='cpu'; target='ort' runs on ONNX Runtime's kernels")
-        request = provider_request(providers, provider_options, strict)
-        settings = SessionSettings(threads, ort_optimization or DEFAULT_OPTIMIZATION)
-        proto = load_onnx(model)
-        check_initializers(proto, max_memory)
-        graph = optimize(proto, opt_level, verify=verify, after_pass=after_pass, keep=keep)
-        return compile_ort(graph, proto.SerializeToString(), request, settings,
-                           options={"target": "ort", "opt_level": opt_level, "threads": threads,
-                                    "providers": list(request.providers), "provider_options": list(request.options),
-                                    "strict": request.strict, "ort_optimization": settings.optimization,
-                                    "max_memory": max_memory})
+        return _compile_ort(model, opt_level, threads, verify=verify, after_pass=after_pass, keep=keep,
+                            max_memory=max_memory, providers=providers, provider_options=provider_options,
+                            strict=strict, ort_optimization=ort_optimization)
     for name, value in (("providers", providers), ("provider_options", provider_options),
                         ("ort_optimization", ort_optimization)):
         if value is not None:
             raise LeptonError(f"{name}= applies to target='ort'")
     if strict:
         raise LeptonError("strict= applies to target='ort'")
+    return _compile_cpu(model, opt_level, threads, mcpu=mcpu, verify=verify, after_pass=after_pass, keep=keep,
+                        max_memory=max_memory, quantize_request=quantize_request)
+
+
+def _compile_ort(model: ModelSource, opt_level: int, threads: Optional[int], *, verify, after_pass, keep,
+                 max_memory, providers, provider_options, strict, ort_optimization):
+    """target="ort": lepton's front end and passes, then an ONNX Runtime session (``backends/ort.py``)."""
+    from .backends.ort import DEFAULT_OPTIMIZATION, SessionSettings, compile_ort, provider_request
+    request = provider_request(providers, provider_options, strict)
+    settings = SessionSettings(threads, ort_optimization or DEFAULT_OPTIMIZATION)
+    proto = load_onnx(model)
+    check_initializers(proto, max_memory)
+    graph = optimize(proto, opt_level, verify=verify, after_pass=after_pass, keep=keep)
+    return compile_ort(graph, proto.SerializeToString(), request, settings,
+                       options={"target": "ort", "opt_level": opt_level, "threads": threads,
+                                "providers": list(request.providers), "provider_options": list(request.options),
+                                "strict": request.strict, "ort_optimization": settings.optimization,
+                                "max_memory": max_memory})
+
+
+def _compile_cpu(model: ModelSource, opt_level: int, threads: Optional[int], *, mcpu, verify, after_pass, keep,
+                 max_memory, quantize_request: dict) -> CompiledModel:
+    """target="cpu": native code through LLVM, fp32 or int8 (``quantize/compile.py``), through the
+    compile cache when ``LEPTON_CACHE_DIR`` is set and no ``after_pass`` hook watches the passes."""
     proto = load_onnx(model)
     check_initializers(proto, max_memory)
     model_bytes = proto.SerializeToString()
     options = {"opt_level": opt_level, "threads": threads, "mcpu": mcpu, "max_memory": max_memory}
-    if quantize is not None:
+    if quantize_request["quantize"] is not None:
+        from .quantize.compile import cached_quantized, compile_quantized
         graph = optimize(proto, opt_level, verify=verify, after_pass=after_pass, keep=keep)
         if after_pass is not None or not cache_enabled():
             return compile_quantized(graph, model_bytes, options, mcpu=mcpu, **quantize_request)
@@ -161,68 +177,6 @@ def compile(model: ModelSource, target: str = "cpu", opt_level: int = 3, quantiz
     settings = {**options, "keep": list(keep or []), "verify": verify}
     key = cache_key(model_bytes, resolve_target(mcpu).to_json(), settings)
     return cached(key, build, load=load_artifact, save=lambda m, path: m.save(path))
-
-
-def compile_quantized(graph: Graph, model_bytes: bytes, options: dict, *, mcpu: Optional[str], quantize: str,
-                      calibration, calibration_method: Optional[str], keep_fp32, max_accuracy_drop, labels,
-                      max_error) -> CompiledModel:
-    """Quantize the optimized fp32 ``graph`` (``lepton_compiler/quantize``) and lower the int8 graph
-    (calibration runs each time: ``cached_quantized`` is the cached form). The options keep the
-    calibration table and the layers left fp32 on request, so that an artifact recompiled for another
-    CPU gets the same graph."""
-    from .quantize import quantize_graph_with
-    q = quantize_graph_with(graph, calibration, calibration_method or "minmax", keep_fp32,
-                            max_accuracy_drop=max_accuracy_drop, labels=labels, max_error=max_error)
-    options = {**options, "quantize": quantize, "calibration": q.calibration.to_json(),
-               "calibration_method": q.calibration.method, "keep_fp32": list(q.keep_fp32)}
-    model = compile_graph(q.graph, model_bytes, mcpu=mcpu, options=options)
-    model.summary["quantization"] = q.summary()
-    model.quantization = q
-    return model
-
-
-def cached_quantized(graph: Graph, model_bytes: bytes, options: dict, *, mcpu: Optional[str], keep, verify: bool,
-                     quantize: str, calibration, calibration_method: Optional[str], keep_fp32, max_accuracy_drop,
-                     labels, max_error) -> CompiledModel:
-    """``compile_quantized`` through the compile cache. The calibration data is read (and checked) once,
-    here; the key adds to the fp32 one the digest of that data (each input's name, dtype, shape and
-    bytes, in input order: the batches it came in do not matter, as they do not to calibration), the
-    method, ``keep_fp32``, the accuracy bound and the digest of ``labels``. A model loaded from the
-    cache folder gets its ``quantization`` back from the stored calibration table (no calibration
-    run), with the data, so that ``quantization_report`` works on it too."""
-    from .quantize import Calibration, load_calibration, quantize_graph_with
-    from .quantize.accuracy import AccuracySearch
-    from .quantize.calibration import batch_size_for, input_specs
-    from .runtime.cache import arrays_digest
-
-    specs = input_specs(graph)
-    if Calibration.is_json(calibration):   # a stored table: its JSON is the data
-        feeds, data_key = calibration, {"table": calibration}
-    else:
-        feeds = load_calibration(calibration, specs)
-        data_key = {"data": arrays_digest(feeds.items())}
-    keep_list = [keep_fp32] if isinstance(keep_fp32, str) else list(keep_fp32 or [])
-    settings = {**options, "keep": list(keep or []), "verify": verify, "quantize": quantize, "calibration": data_key,
-                "calibration_method": calibration_method or "minmax", "keep_fp32": keep_list,
-                "max_accuracy_drop": max_accuracy_drop, "max_error": max_error,
-                "labels": None if labels is None else arrays_digest([("labels", np.asarray(labels))])}
-    request = dict(quantize=quantize, calibration=feeds, calibration_method=calibration_method, keep_fp32=keep_fp32,
-                   max_accuracy_drop=max_accuracy_drop, labels=labels, max_error=max_error)
-
-    def load(path: str) -> CompiledModel:
-        model = load_artifact(path)
-        stored = model.options
-        q = quantize_graph_with(graph, stored["calibration"], stored["calibration_method"], stored["keep_fp32"])
-        search = model.summary.get("quantization", {}).get("search")
-        q.search = AccuracySearch.from_json(search) if search else None
-        if not Calibration.is_json(feeds):
-            q.feeds, q.batch_size = feeds, batch_size_for(specs)
-        model.quantization = q
-        return model
-
-    key = cache_key(model_bytes, resolve_target(mcpu).to_json(), settings)
-    return cached(key, lambda: compile_quantized(graph, model_bytes, options, mcpu=mcpu, **request),
-                  load=load, save=lambda m, path: m.save(path))
 
 
 def quantization_report(model):
