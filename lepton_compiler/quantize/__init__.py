@@ -3,7 +3,8 @@
 ``calibration.py`` reads the data and chooses activation ranges (minmax, percentile, entropy);
 ``rewrite.py`` turns the optimized fp32 graph into QuantizeLinear -> QConv/QGemm chains;
 ``accuracy.py`` returns layers to fp32 until an accuracy bound holds; ``report.py`` tabulates
-the per-layer error; ``driver.py`` runs them in order.
+the per-layer error; ``driver.py`` runs them in order; ``compile.py`` lowers the result (with the
+compile cache); ``cli.py`` holds the ``--quantize`` options of ``lepton compile``.
 """
 
 from .accuracy import AccuracySearch
