@@ -420,6 +420,12 @@ def _quantize_linear(op: str) -> Converter:
                 inputs = inputs[:2] + [ctx.constant(f"{name}_zero_point", np.zeros((), dtypes[wanted]))]
         elif op == "DequantizeLinear" and wanted not in (0, onnx.TensorProto.FLOAT):
             raise _unsupported(ctx, proto, name, "only a float32 output is supported")
+        # Opset 19+ also quantizes to (u)int16, (u)int4 and float8: valid models, not supported here.
+        quantized = inputs[0] if op == "DequantizeLinear" else (inputs[2] if len(inputs) > 2 else None)
+        allowed = ("uint8", "int8", "int32") if op == "DequantizeLinear" else ("uint8", "int8")
+        if quantized is not None and quantized.type.dtype not in allowed:
+            raise _unsupported(ctx, proto, name, f"{quantized.type.dtype} quantization is not supported (only "
+                               f"{', '.join(allowed)})")
         kept = {"axis": attrs["axis"]} if "axis" in attrs else {}
         ctx.add(op, name, inputs, list(proto.output), kept)
     return convert

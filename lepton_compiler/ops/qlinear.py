@@ -13,7 +13,14 @@ Semantics, as in the ONNX spec and computed the way ONNX Runtime computes them:
   tensor or per row of A.
 * ``QLinearConv`` / ``QLinearMatMul``: that sum (plus QLinearConv's int32 bias) requantized
   as in ``qmath``: ``saturate(rint(fp32(acc) * fp32(fp32(x_scale * w_scale) / y_scale)) + y_zp)``
-  into the dtype of ``y_zero_point``, rounding half to even.
+  into the dtype of ``y_zero_point``, rounding half to even. The int32 accumulator wraps around
+  as ONNX Runtime's does (reachable only with a bias given at run time).
+
+Validation: with constant scales, a requantization multiplier that is inf or NaN is refused (a zero
+accumulator would give NaN, which ONNX gives no integer value); finite ones, from scales that are
+0, negative or subnormal or from a product that underflows, are computed exactly as ONNX Runtime
+does. QLinearConv with constant weights, zero points and bias that could overflow the int32
+accumulator is refused.
 """
 
 from __future__ import annotations
@@ -68,6 +75,55 @@ def _per_channel(values, rank: int, axis: int = 1) -> np.ndarray:
     return values.reshape(shape)
 
 
+def _wrap_int32(acc: np.ndarray) -> np.ndarray:
+    """The int32 accumulator ONNX Runtime keeps: the exact sum modulo 2**32 (only a runtime bias, or
+    a matmul with K above 33025, can get there; constant weights and bias that could are refused)."""
+    return ((np.asarray(acc, np.int64) + 2**31) % 2**32) - 2**31
+
+
+def _const(node: Node, index: int):
+    value = node.inputs[index] if len(node.inputs) > index else None
+    return None if value is None or not value.is_const else np.asarray(value.const)
+
+
+def _check_multipliers(node: Node, prefix: str) -> None:
+    """With constant scales, every requantization multiplier ``fp32(fp32(x_scale * w_scale) / y_scale)``
+    must be finite. ONNX Runtime accepts any scale, and for a finite multiplier (scales that are 0,
+    negative or subnormal included; a product that underflows to 0 gives ``y = y_zero_point``)
+    lepton computes exactly what it does. An infinite or NaN multiplier turns a zero accumulator
+    into NaN, whose integer value ONNX leaves undefined (ONNX Runtime's depends on the CPU): refused."""
+    x_s, w_s, y_s = _const(node, 1), _const(node, 4), _const(node, 6)
+    if x_s is None or w_s is None or y_s is None or x_s.size != 1 or y_s.size != 1:
+        return
+    with np.errstate(all="ignore"):
+        m = np.asarray(qmath.multipliers(x_s.reshape(()), w_s.ravel(), y_s.reshape(())), F32).ravel()
+    bad = np.flatnonzero(~np.isfinite(m))
+    if bad.size:
+        require(node, False, f"the requantization multiplier {prefix}_scale * {'w' if prefix == 'x' else 'b'}_scale"
+                f" / y_scale is {float(m[bad[0]])} (channel {bad[0]}; {float(x_s.reshape(()))} * "
+                f"{float(w_s.ravel()[min(bad[0], w_s.size - 1)])} / {float(y_s.reshape(()))} in fp32): it must be finite")
+
+
+def _check_accumulator(node: Node, x: TensorType) -> None:
+    """QLinearConv with constant weights, zero points and bias: the exact sum ``bias + sum((x - x_zp) *
+    (w - w_zp))`` must fit the int32 accumulator for every input, else ONNX Runtime's wraps around
+    while the sum the spec defines does not: refused rather than computed differently."""
+    w, x_zp, w_zp = _const(node, 3), _const(node, 2), _const(node, 5)
+    bias = _const(node, 8) if len(node.inputs) > 8 and node.inputs[8] is not None else np.zeros(1, np.int64)
+    if w is None or x_zp is None or (len(node.inputs) > 5 and node.inputs[5] is not None and w_zp is None) \
+            or (len(node.inputs) > 8 and node.inputs[8] is not None and bias is None):
+        return
+    lo, hi = qmath.LIMITS[np.dtype(x.dtype)]
+    zx = int(x_zp.ravel()[0])
+    reach = max(zx - lo, hi - zx)
+    wz = np.zeros(1, np.int64) if w_zp is None else w_zp.astype(np.int64).ravel()
+    centered = w.astype(np.int64).reshape(w.shape[0], -1) - (wz.reshape(-1, 1) if wz.size > 1 else wz.reshape(()))
+    bound = np.abs(centered).sum(axis=1) * reach + np.abs(bias.astype(np.int64).ravel())
+    worst = int(bound.max(initial=0))
+    require(node, worst <= 2**31 - 1, f"the int32 accumulator can overflow (|bias| + |x - x_zero_point| * "
+            f"sum|w - w_zero_point| reaches {worst} > 2**31 - 1)")
+
+
 def _requantize(acc: np.ndarray, multiplier, zero_point, dtype) -> np.ndarray:
     lo, hi = qmath.LIMITS[np.dtype(dtype)]
     scaled = np.rint(np.asarray(acc).astype(F32) * np.asarray(multiplier, F32))
@@ -111,6 +167,8 @@ def infer_qlinear_conv(node: Node) -> list[TensorType]:
     # infer_conv checks shapes on float views of (x, w, bias)
     views = [node.inputs[0], node.inputs[3]] + ([bias] if bias is not None else [])
     conv = infer_conv(_float_view(node, views, _conv_attrs(node)))[0]
+    _check_multipliers(node, "x")
+    _check_accumulator(node, x)
     return [TensorType(y_dtype, conv.shape)]
 
 
@@ -120,6 +178,7 @@ def reference_qlinear_conv(node: Node, inputs):
     acc = integer_conv(node, x, w, x_zp.reshape(()), w_zp.ravel())
     if bias is not None:
         acc = acc + _per_channel(bias.astype(np.int64), acc.ndim)
+    acc = _wrap_int32(acc)
     m = qmath.multipliers(x_scale.reshape(()), w_scale.ravel(), y_scale.reshape(()))
     return [_requantize(acc, _per_channel(m, acc.ndim), y_zp.reshape(()), y_zp.dtype)]
 
@@ -169,12 +228,13 @@ def infer_qlinear_matmul(node: Node) -> list[TensorType]:
     y_dtype = node.inputs[7].type.dtype
     require(node, y_dtype in QUANT_DTYPES, f"y_zero_point must be uint8 or int8, got {node.inputs[7].type}")
     _scalar_or_vector(node, 7, "y_zero_point", None)
+    _check_multipliers(node, "a")
     return [TensorType(y_dtype, shape)]
 
 
 def reference_qlinear_matmul(node: Node, inputs):
     a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp = inputs[:8]
-    acc = _integer_matmul(a, b, a_zp, b_zp)
+    acc = _wrap_int32(_integer_matmul(a, b, a_zp, b_zp))
     a_s, b_s = _row_column(a_scale, b_scale, acc.ndim)
     m = (np.asarray(a_s, F32) * np.asarray(b_s, F32)) / F32(y_scale.reshape(()))
     return [_requantize(acc, m, y_zp.reshape(()), y_zp.dtype)]

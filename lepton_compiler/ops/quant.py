@@ -17,6 +17,13 @@ The int8 semantics, shared by the reference interpreter and every kernel path
 * A float output (``output_dtype="float32"``, the end of an int8 region) is
   ``act(fp32(acc) * fp32(x_scale * w_scale[o]))``, then the softmax if fused.
 
+Validation (the type rules; the arithmetic above is unchanged): a constant QuantizeLinear scale
+of 0 or NaN is refused (every other scale, and every DequantizeLinear scale, is computed as ONNX
+Runtime does); QConv / QGemm need finite fp32 factors (requantization multipliers, or
+``x_scale * w_scale`` for a float output), zero points in [0, 255] and, with constant weights
+and bias, an accumulator that cannot overflow int32 (the interpreter's sum is exact, the
+kernels' int32 one would wrap around).
+
 ``QConv(x: uint8[N, C, ...], w: int8[O, C/group, ...], bias: int32[O]?)``
     Conv attributes as in ONNX, pooling attributes as ``FusedConv``; ``x_scale``,
     ``x_zero_point``, ``w_scales`` (1 or O floats), ``y_scale``,
@@ -75,11 +82,29 @@ def _check_scale(node: Node, data: TensorType, scale: Value, zp) -> None:
 
 
 # -- QuantizeLinear / DequantizeLinear ------------------------------------------------------
+def _check_quantize_scale(node: Node, scale: Value) -> None:
+    """A constant QuantizeLinear scale must not be 0 or NaN: ``x / 0`` is NaN for ``x = 0`` and
+    ``x / NaN`` always is, and the ONNX spec gives NaN no integer value (ONNX Runtime's own result
+    depends on the output type: 0 for uint8, -128 for int8; lepton's is 0). Negative, infinite and
+    subnormal scales are accepted: their quotients are IEEE-defined, and lepton computes them as
+    ONNX Runtime does (DequantizeLinear accepts every scale for the same reason: ``(q - zp) * s``).
+    A scale computed at run time is used as given."""
+    if not scale.is_const:
+        return
+    values = np.asarray(scale.const, np.float32).ravel()
+    bad = np.flatnonzero((values == 0) | np.isnan(values))
+    if bad.size:
+        where = "" if values.size == 1 else f" (element {bad[0]})"
+        require(node, False, f"scale {float(values[bad[0]])}{where} is not allowed: x / scale has no quantized "
+                "value for x = 0 (ONNX leaves NaN unquantizable)")
+
+
 def infer_quantize(node: Node) -> list[TensorType]:
     x, scale = node.inputs[0].type, node.inputs[1]
     zp = node.inputs[2] if len(node.inputs) > 2 else None
     require(node, x.dtype == "float32", f"expects a float32 tensor, got {x}")
     _check_scale(node, x, scale, zp)
+    _check_quantize_scale(node, scale)
     dtype = zp.type.dtype if zp is not None else "uint8"
     require(node, dtype in QUANT_DTYPES, f"zero point must be uint8 or int8, got {dtype}")
     return [TensorType(dtype, x.shape)]
@@ -150,9 +175,42 @@ def _check_int8_attrs(node: Node, out_channels, prefix: str) -> None:
     if dtype == "uint8":
         for name in ("y_scale", "y_zero_point"):
             require(node, node.attr(name) is not None, f"missing attribute {name}")
+        require(node, 0 <= node.attr("y_zero_point") <= 255, "the output zero point must be in [0, 255]")
         lo, hi = node.attr("y_min", 0), node.attr("y_max", 255)
         require(node, 0 <= lo <= hi <= 255, f"y_min {lo} and y_max {hi} must satisfy 0 <= y_min <= y_max <= 255")
         require(node, not node.attr("activation", ""), "a uint8 output takes its activation as y_min/y_max")
+    _check_factors(node, prefix, dtype)
+
+
+def _check_factors(node: Node, prefix: str, dtype: str) -> None:
+    """The fp32 factor each accumulator is multiplied by (the requantization multiplier for a uint8
+    output, ``x_scale * w_scale`` for a float one) must be finite: ``acc * inf`` is NaN for a zero
+    accumulator, and a NaN has no uint8 value (validation only; the arithmetic is ``qmath``'s)."""
+    x_scale, w_scales = node.attr(f"{prefix}_scale"), node.attr("w_scales" if prefix == "x" else "b_scales")
+    with np.errstate(all="ignore"):
+        if dtype == "uint8":
+            factors = qmath.multipliers(x_scale, w_scales, node.attr("y_scale"))
+            what = f"{prefix}_scale * w_scale / y_scale"
+        else:
+            factors = qmath.input_scales(x_scale, w_scales)
+            what = f"{prefix}_scale * w_scale"
+    bad = np.flatnonzero(~np.isfinite(np.asarray(factors, np.float32)))
+    if bad.size:
+        require(node, False, f"the fp32 factor {what} is {float(np.ravel(factors)[bad[0]])} for output channel "
+                f"{bad[0]}: it must be finite")
+
+
+def _check_accumulator(node: Node, w: Value, bias, x_zero_point: int) -> None:
+    """With constant weights and bias, the int32 accumulator must hold the exact sum for every input."""
+    if not w.is_const or (bias is not None and not bias.is_const):
+        return
+    weights = np.abs(np.asarray(w.const, np.int64).reshape(w.type.shape[0], -1)).sum(axis=1)
+    bound = weights * max(int(x_zero_point), 255 - int(x_zero_point))
+    if bias is not None:
+        bound = bound + np.abs(np.asarray(bias.const, np.int64).ravel())
+    worst = int(bound.max(initial=0))
+    require(node, worst <= 2**31 - 1, f"the int32 accumulator can overflow (|bias| + |x - x_zero_point| * "
+            f"sum|w| reaches {worst} > 2**31 - 1)")
 
 
 def _check_int8_operands(node: Node, x: TensorType, w: TensorType, bias, what: str) -> None:
@@ -168,6 +226,7 @@ def infer_qconv(node: Node) -> list[TensorType]:
     _check_int8_operands(node, x, w, bias, "input")
     require(node, w.rank >= 3 and isinstance(w.shape[0], int), f"weight {w} must have static output channels")
     _check_int8_attrs(node, w.shape[0], "x")
+    _check_accumulator(node, node.inputs[1], bias, node.attr("x_zero_point"))
     conv = infer_conv(_float_view(node, list(node.inputs), _conv_attrs(node)))[0]
     out = TensorType(node.attr("output_dtype", "uint8"), conv.shape)
     if node.attr("pool_kernel") is None:
@@ -213,6 +272,7 @@ def infer_qgemm(node: Node) -> list[TensorType]:
     _check_int8_attrs(node, b.shape[0], "a")
     if bias is not None:
         require(node, bias.type.shape == (b.shape[0],), f"bias {bias.type} should be [{b.shape[0]}]")
+    _check_accumulator(node, node.inputs[1], bias, node.attr("a_zero_point"))
     if node.attr("softmax", 0):
         require(node, node.attr("output_dtype", "uint8") == "float32", "softmax needs a float32 output")
     return [TensorType(node.attr("output_dtype", "uint8"), (a.shape[0], b.shape[0]))]

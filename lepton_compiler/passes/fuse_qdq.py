@@ -20,7 +20,13 @@ Before matching, the pass rewrites the glue between layers:
   parameters, so the pool and flatten between layers run on uint8;
 * ``Q(DQ(q)) -> q`` when both have the same parameters (exact for normal scales).
 
-Requirements, else the layer keeps its standard form: per-tensor activation parameters; constant
+Requirements, else the layer keeps its standard form: per-tensor activation parameters; scales
+positive, finite and normal, with normal fp32 products ``x_scale * w_scale`` and multipliers
+``x_scale * w_scale / y_scale`` (``quant_common.fusable_scales``: a negative scale reverses the
+order that Relu / Clip / MaxPool fusion relies on; a zero, NaN, infinite, underflowing or
+overflowing one is not what the float layer computes); an int32 accumulator that cannot overflow
+(``quant_common.accumulator_bound``: the interpreter's sum is exact, ONNX Runtime's and the
+kernels' wrap around); constant
 weights with per-tensor or per-output-channel scales and zero points such that ``w - zp`` fits
 int8 (int8 symmetric weights always do; uint8 weights with a zero point near 128 usually do);
 a constant bias; Gemm with alpha = beta = 1 and transA = 0; 2-D MatMul. A refused layer's weight
@@ -40,7 +46,7 @@ from typing import Optional
 import numpy as np
 
 from ..ir import Graph, Node, Value
-from ..ops import REGISTRY, infer_graph, infer_node, qmath
+from ..ops import REGISTRY, infer_graph, infer_node
 from ..ops.activations import ACTIVATIONS, activation_params
 from ..ops.fused import DOMAIN
 from .base import Pass, PassOptions, PassResult
@@ -49,8 +55,8 @@ from .fold_constants import _make_constant
 from .fuse_activation import known_params
 from .fuse_pool import pool_attrs
 from .fusion import Users, apply_rule, fuse, make_node
-from .quant_common import (MOVE_OPS, QParams, absorb_pool, activations_to_uint8, const, dequantize_of,
-                           int8_weights, int32_bias, node_params)
+from .quant_common import (INT32_MAX, MOVE_OPS, QParams, absorb_pool, accumulator_bound, activations_to_uint8,
+                           clamp_range, const, dequantize_of, fusable_scales, int8_weights, int32_bias, node_params)
 from .rewrite import add_constant, fresh_name, only_user, replace_uses
 
 CONV_ATTRS = ("kernel_shape", "strides", "pads", "dilations", "group", "auto_pad")
@@ -67,8 +73,8 @@ def sink_dequantize(g: Graph, node: Node, users: Users) -> bool:
     p = node_params(dq)
     if p is None or not p.per_tensor or p.dtype not in ("uint8", "int8"):
         return False
-    if node.op == "MaxPool" and node.attr("storage_order", 0) != 0:
-        return False
+    if node.op == "MaxPool" and (node.attr("storage_order", 0) != 0 or not p.normal):
+        return False  # max pooling commutes with dequantization only for a positive finite scale
     moved_out = Value(fresh_name(g, f"{node.outputs[0].name}_quantized"), dq.inputs[0].type)
     moved = Node(node.op, node.name, [dq.inputs[0], *node.inputs[1:]], [moved_out], node.attrs, node.domain)
     infer_node(moved)
@@ -175,9 +181,11 @@ def _conv(g: Graph, node: Node) -> Optional[Layer]:
     if xp is None or w is None:
         return None
     weights, scales = w
+    if not fusable_scales(xp.scale, scales):
+        return None
     bias, ok = int32_bias(node.inputs[2] if len(node.inputs) > 2 else None, float(xp.scale[0]), scales,
                           weights.shape[0])
-    if not ok:
+    if not ok or accumulator_bound(weights, bias, int(xp.zero_point[0])) > INT32_MAX:
         return None
     attrs = {k: v for k, v in node.attrs.items() if k in CONV_ATTRS or k in ("activation", "activation_params")
              or k.startswith("pool_")}
@@ -194,34 +202,21 @@ def _gemm(g: Graph, nodes: list[Node], a: Value, b: Value, c: Optional[Value], t
         return None
     weights, scales = w
     weights = weights if trans_b else np.ascontiguousarray(weights.T)
+    if not fusable_scales(xp.scale, scales):
+        return None
     bias, ok = int32_bias(c, float(xp.scale[0]), scales, weights.shape[0])
-    if not ok:
+    if not ok or accumulator_bound(weights, bias, int(xp.zero_point[0])) > INT32_MAX:
         return None
     return Layer("QGemm", nodes, dequantize_of(a).inputs[0], xp, weights, scales, bias, attrs)
 
 
 # -- the rules ----------------------------------------------------------------------------------------
-def _clamp(act: Optional[tuple[str, list]], out: QParams) -> Optional[tuple[int, int]]:
-    """[y_min, y_max] of a Relu or Clip before the QuantizeLinear; None for other activations."""
-    lo, hi = 0, 255
-    if act is None:
-        return lo, hi
-    name, bounds = act
-    zp, scale = out.zero_point[0], out.scale[0]
-    if name == "Relu":
-        return max(lo, int(zp)), hi
-    if name == "Clip":
-        q = qmath.quantize(np.array(bounds, np.float32), scale, zp, np.uint8).astype(int)
-        return max(lo, int(q[0])), min(hi, int(q[1]))
-    return None
-
-
 def fuse_quantized_output(g: Graph, node: Node, users: Users) -> bool:
     """Q(act?(MaxPool?(layer))) -> QConv/QGemm with a uint8 output."""
     if node.op != "QuantizeLinear" or node.domain != "" or node.outputs[0].type.dtype != "uint8":
         return False
     out = node_params(node)
-    if out is None or not out.per_tensor:
+    if out is None or not out.per_tensor or not out.normal:
         return False
     consumer, value, act, pool = node, node.inputs[0], None, None
     while value.producer is not None and only_user(g, value, users) is consumer:
@@ -236,7 +231,7 @@ def fuse_quantized_output(g: Graph, node: Node, users: Users) -> bool:
     if only_user(g, value, users) is not consumer:
         return False
     layer = match_layer(g, value, users)
-    if layer is None:
+    if layer is None or not fusable_scales(layer.x_params.scale, layer.w_scales, out.scale):
         return False
     fused_act = layer.attrs.pop("activation", "")
     fused_params = layer.attrs.pop("activation_params", [])
@@ -244,7 +239,7 @@ def fuse_quantized_output(g: Graph, node: Node, users: Users) -> bool:
         return False
     activation = (act.op, activation_params(act)) if act is not None else (
         (fused_act, fused_params) if fused_act else None)
-    clamp = _clamp(activation, out)
+    clamp = clamp_range(activation, out)
     if clamp is None:
         return False
     attrs = {"y_scale": float(out.scale[0]), "y_zero_point": int(out.zero_point[0]), "y_min": clamp[0],

@@ -6,7 +6,20 @@ MatMulInteger with constant weights) become lepton's int8 kernels.
     Mul(Cast[to=float](ConvInteger(x, w, xz?, wz?)), s)  -> QConv[output_dtype=float32, x_scale=1, w_scales=s]
     Mul(Cast[to=float](MatMulInteger(a, b, az?, bz?)), s) -> QGemm[output_dtype=float32, a_scale=1, b_scales=s]
 
-followed by ``MaxPool(QConv) -> QConv[pool_*]``. The same arithmetic as the ONNX ops (see
+followed by ``MaxPool(QConv) -> QConv[pool_*]`` and the float glue that ONNX Runtime's QOperator
+format leaves between layers whose Relu / MaxPool it did not quantize:
+
+    Q(act?(MaxPool?(DQ(QConv(...)))))  -> QConv[y_min/y_max, pool_*](...)  (Q and DQ: same parameters)
+    Relu(DQ(QConv(...)))                -> DQ(QConv[y_min = max(y_min, zp)](...))
+    MaxPool(DQ(QConv(...)))             -> DQ(QConv[pool_*](...))
+
+``act`` is Relu or a Clip with constant bounds, in either order with the MaxPool. All three are
+exact when the DequantizeLinear's scale is positive, finite and normal (``QParams.normal``):
+dequantization is then increasing, so ``Relu(DQ(q)) = DQ(max(q, zp))``, max pooling commutes
+with it, and ``Q(DQ(q)) = q`` when the QuantizeLinear has the same scale and zero point (ORT
+writes the QLinearConv's output parameters on both). A Clip needs that QuantizeLinear (its bounds
+are not on the integer grid otherwise); a QuantizeLinear with other parameters is left in place
+(a requantization, computed as the model says) and only what is exact is folded. The same arithmetic as the ONNX ops (see
 ``ops/qlinear.py``), so results are equal bit for bit: QConv's requantization multiplier is
 ``fp32(fp32(x_scale * w_scale) / y_scale)`` like QLinearConv's; ``Cast`` then ``Mul`` by ``s`` is
 QConv's float output with ``fp32(1 * s) = s``. int8 activations become uint8 first
@@ -28,13 +41,18 @@ from typing import Optional
 
 import numpy as np
 
+from ..errors import LeptonError
 from ..ir import Graph, Node, Value
-from ..ops import infer_graph
+from ..ops import REGISTRY, infer_graph
 from ..ops.fused import DOMAIN
 from .base import Pass, PassOptions, PassResult
 from .fusion import Users, apply_rule, fuse, make_node
-from .quant_common import QParams, absorb_pool, activations_to_uint8, const, int8_weights, params
-from .rewrite import add_constant, only_user
+from ..ops.activations import activation_params
+from .fuse_activation import known_params
+from .fuse_pool import pool_attrs
+from .quant_common import (QParams, absorb_pool, activations_to_uint8, clamp_range, const, dequantize_of, int8_weights,
+                           node_params, params)
+from .rewrite import add_constant, fresh_name, only_user
 
 CONV_ATTRS = ("kernel_shape", "strides", "pads", "dilations", "group", "auto_pad")
 
@@ -182,7 +200,115 @@ def lower_matmul_integer(g: Graph, node: Node, users: Users) -> bool:
     return fuse(g, new, mul, [node, cast])
 
 
+# -- float glue between QOperator layers ------------------------------------------------------------
+def _qconv_behind(g: Graph, dq: Optional[Node], users: Users) -> Optional[tuple[Node, QParams]]:
+    """(QConv, the DequantizeLinear's parameters) when ``dq`` dequantizes, with per-tensor uint8
+    parameters of a normal scale, the uint8 output of a QConv that nothing else reads."""
+    if dq is None:
+        return None
+    conv = dq.inputs[0].producer
+    if conv is None or conv.op != "QConv" or conv.domain != DOMAIN or conv.attr("output_dtype", "uint8") != "uint8":
+        return None
+    if only_user(g, conv.outputs[0], users) is not dq:
+        return None
+    p = node_params(dq)
+    if p is None or not p.per_tensor or p.dtype != "uint8" or not p.normal:
+        return None
+    return conv, p
+
+
+def _pool_attrs(pool: Node, conv: Node) -> Optional[dict]:
+    if conv.attr("pool_kernel") is not None or pool.attr("storage_order", 0) != 0:
+        return None
+    if len(pool.outputs) != 1 or len(pool.attr("kernel_shape", [])) not in (1, 2):
+        return None
+    return pool_attrs(pool)
+
+
+def fold_quantized_glue(g: Graph, node: Node, users: Users) -> bool:
+    """Q(act?(MaxPool?(DQ(QConv)))) -> QConv[y_min/y_max, pool_*] when Q and DQ have the same parameters."""
+    if node.op != "QuantizeLinear" or node.domain != "" or node.outputs[0].type.dtype != "uint8":
+        return False
+    consumer, value, act, pool = node, node.inputs[0], None, None
+    while value.producer is not None and only_user(g, value, users) is consumer:
+        p = value.producer
+        if p.op == "MaxPool" and p.domain == "" and pool is None:
+            pool = p
+        elif p.op in ("Relu", "Clip") and p.domain == "" and act is None and known_params(p):
+            act = p
+        else:
+            break
+        consumer, value = p, p.inputs[0]
+    dq = dequantize_of(value)
+    if dq is None or only_user(g, value, users) is not consumer or value in g.outputs:
+        return False
+    found = _qconv_behind(g, dq, users)
+    out = node_params(node)
+    if found is None or out is None or not found[1].same(out):
+        return False
+    conv, _ = found
+    clamp = clamp_range((act.op, activation_params(act)) if act is not None else None, out,
+                        conv.attr("y_min", 0), conv.attr("y_max", 255))
+    if clamp is None:
+        return False
+    attrs = {**conv.attrs, "y_min": clamp[0], "y_max": clamp[1]}
+    if pool is not None:
+        extra = _pool_attrs(pool, conv)
+        if extra is None:
+            return False
+        attrs.update(extra)
+    removed = [n for n in (pool, act) if n is not None] + [dq, conv]
+    return fuse(g, make_node("QConv", conv.name, list(conv.inputs), attrs, DOMAIN), node, removed)
+
+
+def _fold_before_dequantize(g: Graph, node: Node, users: Users, attrs_of) -> bool:
+    """X(DQ(QConv)) -> DQ(QConv') where ``attrs_of(conv, dq params)`` gives QConv' attributes (None: no)."""
+    dq = dequantize_of(node.inputs[0])
+    if dq is None or only_user(g, dq.outputs[0], users) is not node or dq.outputs[0] in g.outputs:
+        return False
+    found = _qconv_behind(g, dq, users)
+    if found is None:
+        return False
+    conv, p = found
+    attrs = attrs_of(conv, p)
+    if attrs is None:
+        return False
+    out = Value(fresh_name(g, f"{node.outputs[0].name}_quantized"), conv.outputs[0].type)
+    new = Node("QConv", conv.name, list(conv.inputs), [out], {**conv.attrs, **attrs}, DOMAIN)
+    after = Node("DequantizeLinear", dq.name, [out, *dq.inputs[1:]], list(node.outputs), dq.attrs)
+    try:
+        out.type = REGISTRY["QConv"].infer(new)[0]
+        if REGISTRY["DequantizeLinear"].infer(after) != [v.type for v in node.outputs]:
+            return False
+    except LeptonError:
+        return False
+    for v in after.outputs:
+        v.producer = after
+    at = g.nodes.index(node)
+    g.nodes[at:at + 1] = [new, after]
+    g.nodes.remove(dq)
+    g.nodes.remove(conv)
+    return True
+
+
+def fold_relu_before_dequantize(g: Graph, node: Node, users: Users) -> bool:
+    """Relu(DQ(QConv)) -> DQ(QConv[y_min = max(y_min, zp)]): ``max((q - zp) * s, 0) = (max(q, zp) - zp) * s``."""
+    if node.op != "Relu" or node.domain != "" or node.outputs[0] in g.outputs:
+        return False
+    return _fold_before_dequantize(g, node, users, lambda conv, p: {
+        "y_min": max(conv.attr("y_min", 0), int(p.zero_point[0]))}
+        if max(conv.attr("y_min", 0), int(p.zero_point[0])) <= conv.attr("y_max", 255) else None)
+
+
+def fold_pool_before_dequantize(g: Graph, node: Node, users: Users) -> bool:
+    """MaxPool(DQ(QConv)) -> DQ(QConv[pool_*]): max pooling commutes with increasing dequantization."""
+    if node.op != "MaxPool" or node.domain != "" or node.outputs[0] in g.outputs:
+        return False
+    return _fold_before_dequantize(g, node, users, lambda conv, p: _pool_attrs(node, conv))
+
+
 RULES = (lower_qlinear_conv, lower_qlinear_matmul, lower_conv_integer, lower_matmul_integer, absorb_pool)
+GLUE = (fold_quantized_glue, fold_relu_before_dequantize, fold_pool_before_dequantize)
 
 
 def lower_qlinear(graph: Graph, options: PassOptions) -> PassResult:
@@ -194,6 +320,12 @@ def lower_qlinear(graph: Graph, options: PassOptions) -> PassResult:
     for rule in RULES:
         while apply_rule(g, rule):
             modified = True
+    again = True
+    while again:
+        again = False
+        for rule in GLUE:
+            while apply_rule(g, rule):
+                modified = again = True
     infer_graph(g)
     return PassResult(g, modified)
 

@@ -51,7 +51,9 @@ class QParams:
 
     @property
     def normal(self) -> bool:
-        """Scales for which dequantize-then-quantize returns the integer exactly."""
+        """Scales for which dequantize-then-quantize returns the integer exactly (positive, finite,
+        not tiny): also the scales under which quantization is increasing, so that Relu, Clip and
+        max pooling commute with it."""
         return bool(np.all(np.isfinite(self.scale)) and np.all(self.scale > 1e-30) and np.all(self.scale < 1e30))
 
 
@@ -84,6 +86,46 @@ def node_params(node: Node) -> Optional[QParams]:
 def dequantize_of(value: Optional[Value]) -> Optional[Node]:
     p = None if value is None else value.producer
     return p if p is not None and p.op == "DequantizeLinear" and p.domain == "" else None
+
+
+# -- when a layer may become QConv / QGemm --------------------------------------------------------------
+TINY = float(np.finfo(np.float32).tiny)
+INT32_MAX = 2**31 - 1
+
+
+def fusable_scales(x_scale, w_scales, y_scale=None) -> bool:
+    """Whether the fp32 arithmetic of a QConv / QGemm with these scales computes what the model's
+    float layer (dequantize, Conv / Gemm, quantize) computes, up to the rounding of one step.
+
+    Every scale must be positive and normal (``QParams.normal``): a negative scale reverses the
+    order of the quantized values (Relu, Clip and max pooling then do not become ``y_min`` /
+    ``y_max`` / a pool of the integers), a zero one loses a float bias (``bias / 0``), NaN and
+    infinity have no integer image. The products ``x_scale * w_scale`` and the requantization
+    multipliers ``x_scale * w_scale / y_scale`` must also be normal fp32 numbers: one that
+    underflows to a subnormal or 0, or overflows to inf, is not the product the float layer
+    applies step by step. A layer that fails this keeps its standard form (the model's own ops,
+    which lepton computes as ONNX Runtime does without its QDQ fusion)."""
+    scales = [np.asarray(x_scale, np.float32).ravel(), np.asarray(w_scales, np.float32).ravel()]
+    if y_scale is not None:
+        scales.append(np.asarray(y_scale, np.float32).ravel())
+    if not all(np.all(np.isfinite(s)) and np.all(s > 1e-30) and np.all(s < 1e30) for s in scales):
+        return False
+    with np.errstate(all="ignore"):
+        units = qmath.input_scales(float(scales[0][0]), scales[1])
+        factors = [units] if y_scale is None else [units, qmath.multipliers(float(scales[0][0]), scales[1],
+                                                                              float(scales[2][0]))]
+    return all(np.all(np.isfinite(f)) and np.all(f >= TINY) for f in factors)
+
+
+def accumulator_bound(weights: np.ndarray, bias: Optional[np.ndarray], x_zero_point: int) -> int:
+    """The largest ``|bias[o] + sum((x - x_zp) * w[o])|`` over uint8 inputs ``x``: the int32
+    accumulator of QConv / QGemm (ONNX Runtime's too) holds the exact sum only up to 2**31 - 1."""
+    w = np.abs(np.asarray(weights, np.int64).reshape(weights.shape[0], -1)).sum(axis=1)
+    reach = max(int(x_zero_point), 255 - int(x_zero_point))
+    total = w * reach
+    if bias is not None:
+        total = total + np.abs(np.asarray(bias, np.int64).ravel())
+    return int(total.max(initial=0))
 
 
 # -- weights and bias ---------------------------------------------------------------------------------
@@ -201,6 +243,28 @@ def activations_to_uint8(g: Graph) -> bool:
     if changed:
         infer_graph(g)
     return changed
+
+
+# -- a clamp before a QuantizeLinear ------------------------------------------------------------------
+def clamp_range(act: Optional[tuple[str, list]], out: QParams, lo: int = 0, hi: int = 255) -> Optional[tuple[int, int]]:
+    """``[y_min, y_max]`` narrowed by a Relu or Clip that runs in float just before a quantization
+    with ``out`` (per tensor, uint8, ``out.normal``): ``Q(max(v, 0)) = max(Q(v), zp)`` and
+    ``Q(clip(v, a, b)) = clip(Q(v), Q(a), Q(b))``, exact because Q is non-decreasing. None for other
+    activations, a NaN bound or a Clip whose lower bound exceeds the upper one."""
+    if act is None:
+        return lo, hi
+    name, bounds = act
+    zp, scale = out.zero_point[0], out.scale[0]
+    if name == "Relu":
+        return max(lo, int(zp)), hi
+    if name == "Clip":
+        a, b = (float(v) for v in bounds)
+        if np.isnan(a) or np.isnan(b) or a > b:
+            return None
+        q = qmath.quantize(np.array([a, b], np.float32), scale, zp, np.uint8).astype(int)
+        narrowed = max(lo, int(q[0])), min(hi, int(q[1]))
+        return narrowed if narrowed[0] <= narrowed[1] else None
+    return None
 
 
 # -- pooling after an int8 conv -----------------------------------------------------------------------
