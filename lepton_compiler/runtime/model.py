@@ -75,6 +75,16 @@ class TensorInfo:
         return f"{self.name}: {self.dtype}[{', '.join(map(str, self.shape))}]"
 
 
+def _address(array: np.ndarray) -> int:
+    """The address of a contiguous array's data. ``ctypes.c_char.from_buffer`` takes a third of the
+    time of ``array.ctypes.data`` (a microsecond a call, which counts in a 13 µs run) but needs a
+    writable buffer; read-only inputs take the slow way."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(array))
+    except (TypeError, ValueError):
+        return array.ctypes.data
+
+
 class CompiledModel(ModelSignature):
     """A model compiled to native code. Safe to ``run`` from several threads at once."""
 
@@ -152,7 +162,7 @@ class CompiledModel(ModelSignature):
             raise ResourceError(f"out of memory: {self.batch_symbol or 'the batch'}={batch} needs "
                                 f"{per_batch * batch + fixed:,} bytes; run it in smaller batches, or set "
                                 "max_memory to what this machine can spare") from None
-        io = (ctypes.c_void_p * (len(arrays) + len(outs)))(*[a.ctypes.data for a in arrays + outs])
+        io = (ctypes.c_void_p * (len(arrays) + len(outs)))(*map(_address, arrays + outs))
         omp = parallel_runtime() if self.threads > 1 else None
         self._entry()(batch, io, self._const_table, base, self.threads, omp, timings)
         return [outs[i] for i in wanted]
