@@ -189,7 +189,7 @@ def _matmul_shape(node: Node, a: TensorType, b: TensorType) -> tuple:
     k_a, k_b = a.shape[-1], b.shape[-2]
     require(node, not (isinstance(k_a, int) and isinstance(k_b, int)) or k_a == k_b,
             f"a {a} and b {b} differ in the inner dimension")
-    batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    batch = broadcast_shapes(node, a.shape[:-2], b.shape[:-2])
     require(node, batch is not None, f"the batch dims of a {a} and b {b} do not broadcast")
     return (*batch, a.shape[-2], b.shape[-1])
 
