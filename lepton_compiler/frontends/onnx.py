@@ -395,6 +395,7 @@ def convert_dropout(ctx, proto, name, attrs):
 # -- quantization (opset 10+) ---------------------------------------------------------------------
 for _op in ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"):
     converter(_op, since=10)(same(_op))
+converter("DynamicQuantizeLinear", since=11)(same("DynamicQuantizeLinear"))
 
 
 def _quantize_linear(op: str) -> Converter:

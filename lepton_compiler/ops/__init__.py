@@ -1,6 +1,6 @@
 """The op registry. Importing this package registers every op."""
 
-from . import activations, elementwise, fused, nn, pool, qlinear, quant, reduce, tensor  # noqa: F401  (registration side effects)
+from . import activations, dynamic_quant, elementwise, fused, nn, pool, qlinear, quant, reduce, tensor  # noqa: F401  (registration side effects)
 from .inference import infer_graph, infer_node
 from .interpreter import interpret
 from .registry import REGISTRY, OpDef, OpKind, ShapeError, lookup

@@ -16,6 +16,7 @@ from .fold_batchnorm import FOLD_BATCHNORM
 from .fold_channel_affine import FOLD_CHANNEL_AFFINE
 from .fold_constants import FOLD_CONSTANTS
 from .fuse_activation import FUSE_ACTIVATION
+from .fuse_dynamic_quant import FUSE_DYNAMIC_QUANT
 from .fuse_elementwise import FUSE_ELEMENTWISE
 from .fuse_pool import FUSE_POOL
 from .fuse_qdq import FUSE_QDQ
@@ -29,7 +30,7 @@ from .transpose import TRANSPOSE_CANCEL
 CLEANUP = [REMOVE_IDENTITY, FOLD_CONSTANTS, CANONICALIZE_RESHAPE, TRANSPOSE_CANCEL, CSE, DEAD_CODE]
 """-O1: the graph the user wrote, without dead weight (what ONNX Runtime's basic level does)."""
 
-QUANT = [LOWER_QLINEAR, FUSE_QDQ, DEAD_CODE]
+QUANT = [FUSE_DYNAMIC_QUANT, LOWER_QLINEAR, FUSE_QDQ, DEAD_CODE]
 """-O2: a model quantized elsewhere (QOperator ops, or QDQ pairs around float layers) onto lepton's int8
 kernels (QConv, QGemm). First in -O2 so the algebra and fusion passes see the result; after CLEANUP,
 whose fold-constants leaves DequantizeLinear alone (fuse-qdq reads the int8 weights behind it)."""
