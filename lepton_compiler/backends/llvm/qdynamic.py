@@ -10,11 +10,13 @@
    whole tensor before it touches its rows: the scale is the same bits on every thread and no
    thread waits for another (the range reads ``M * K`` floats, the product does ``M * K * N``
    multiply-adds).
-2. **Rows.** The thread's rows, a tile at a time: each row of the tile is quantized
-   (``saturate(rint(x / a_scale) + a_zp)``, a division as ONNX Runtime does) into a stack buffer in
-   the dot-product path's element type (u8, or i16 on the pmaddwd path), ``K`` padded to a
-   multiple of four; then the tile x ``B`` blocks of output columns accumulate in registers over
-   the groups of four with ``int8dot``'s paths (VNNI, pmaddwd, portable), from packed weights.
+2. **Rows.** The thread's rows, up to ``MAX_MACRO`` at a time (a macro tile): they are quantized
+   once (``saturate(rint(x / a_scale) + a_zp)``, a division as ONNX Runtime does) into a stack
+   buffer in the dot-product path's element type (u8, or i16 on the pmaddwd path), ``K`` padded
+   to a multiple of four. Then for each group of ``B`` column blocks, whose packed weights are
+   contiguous over all of ``K`` (so they stay in cache while every row of the macro tile uses
+   them), register tiles of rows x ``B`` blocks accumulate over the groups of four with
+   ``int8dot``'s paths (VNNI, pmaddwd, portable).
 3. **Epilogue.** The accumulator starts at ``a_zp * (-sum_k b[n, k])`` (the column sums are
    compile-time constants, the zero point is the run-time one), so it ends as the exact sum.
    Then ``fp32(acc) * (a_scale * b_scale[n])``, ``+ bias[n]`` (two roundings, no FMA), the
