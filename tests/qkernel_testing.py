@@ -50,15 +50,33 @@ class QBuilder:
         return infer_graph(Graph("q", list(self.inputs), list(outputs), list(self.nodes), list(self.constants)))
 
 
+def conv_output_shape(x: Value, out_channels: int, kernel, attrs=None) -> tuple:
+    """The shape of a conv of ``x`` (before any pooling), for a residual input."""
+    from lepton_compiler.ops.nn import infer_conv
+
+    keep = ("kernel_shape", "strides", "pads", "dilations", "group", "auto_pad")
+    conv_attrs = {k: v for k, v in dict(attrs or {}, kernel_shape=list(kernel)).items() if k in keep}
+    channels = x.type.shape[1] // conv_attrs.get("group", 1)
+    values = [Value("x", TensorType("float32", x.type.shape)),
+              Value("w", TensorType("float32", (out_channels, channels, *kernel)))]
+    return infer_conv(Node("Conv", "shape", values, [Value("y", TensorType("float32", ()))], conv_attrs))[0].shape
+
+
 def add_qconv(b: QBuilder, rng, x: Value, out_channels, kernel, attrs=None, bias=True, output_dtype="uint8",
-              per_channel=True, x_zero_point=7, w_range=127) -> Value:
-    """A QConv of ``x`` with random int8 weights and int32 bias (``attrs["group"]`` groups)."""
+              per_channel=True, x_zero_point=7, w_range=127, residual=False, r_scale=0.05,
+              r_zero_point=100) -> Value:
+    """A QConv of ``x`` with random int8 weights and int32 bias (``attrs["group"]`` groups); with
+    ``residual``, a uint8 residual input ``r<tag>`` of the conv output's shape."""
     channels = x.type.shape[1] // (attrs or {}).get("group", 1)
     tag = len(b.nodes)
     w = b.const(f"w{tag}", rng.integers(-w_range, w_range + 1, (out_channels, channels, *kernel)).astype(np.int8))
     inputs = [x, w]
     if bias:
         inputs.append(b.const(f"bias{tag}", rng.integers(-3000, 3000, out_channels).astype(np.int32)))
+    if residual:
+        inputs = inputs[:3] + [None] * (3 - len(inputs))
+        inputs.append(b.input(f"r{tag}", conv_output_shape(x, out_channels, kernel, attrs), "uint8"))
+        attrs = dict(attrs or {}, r_scale=r_scale, r_zero_point=r_zero_point)
     scales = rng.uniform(0.001, 0.01, out_channels if per_channel else 1).astype(np.float32)
     a = dict(kernel_shape=list(kernel), x_scale=0.02, x_zero_point=x_zero_point, w_scales=[float(s) for s in scales],
              output_dtype=output_dtype)
@@ -82,6 +100,35 @@ def add_qgemm(b: QBuilder, rng, a: Value, cols, attrs=None, bias=True, output_dt
         at.update(y_scale=0.6, y_zero_point=70)
     at.update(attrs or {})
     return b.op("QGemm", inputs, at, DOMAIN)
+
+
+RESIDUAL_CASES = [  # as CONV_CASES, every one with a residual of the conv output's shape
+    (16, (9, 11), 24, (3, 3), dict(pads=[1, 1, 1, 1], y_min=90), {}),
+    (3, (9, 11), 20, (3, 3), {}, dict(r_zero_point=0, r_scale=0.02)),
+    (9, (7, 8), 19, (3, 3), dict(pads=[1, 1, 1, 1], pool_kernel=[3, 3], pool_strides=[2, 2], pool_pads=[1, 1, 1, 1]),
+     {}),
+    (32, (13, 13), 64, (3, 3), dict(pads=[1, 1, 1, 1], pool_kernel=[2, 2], pool_strides=[2, 2], y_min=90), {}),
+    (19, (7, 8), 19, (3, 3), dict(group=19, strides=[2, 2], pads=[1, 0, 1, 1]), dict(x_zero_point=255)),
+    (33, (10, 10), 33, (3, 3), dict(group=33, pads=[1, 1, 1, 1], y_min=92, y_max=200), dict(r_zero_point=255)),
+    (8, (9, 9), 12, (3, 3), dict(group=4, pads=[1, 1, 1, 1], y_min=100), {}),       # units > 1: padded slots
+    (4, (7, 7), 10, (3, 3), dict(activation="Relu"), dict(output_dtype="float32")),
+    (5, (6, 5), 9, (2, 2), dict(activation="Tanh", pool_kernel=[2, 2]), dict(output_dtype="float32", bias=False)),
+    (2, (15,), 11, (4,), dict(pads=[2, 1], strides=[2]), dict(bias=False)),
+    (64, (5, 5), 64, (1, 1), {}, dict(per_channel=False, r_scale=0.4)),
+]
+
+
+def residual_graph(cases=None, seed=11) -> Graph:
+    """One QConv with a residual per case of ``cases`` (default ``RESIDUAL_CASES``), inputs ``x<i>`` and ``r<k>``."""
+    cases = RESIDUAL_CASES if cases is None else cases
+    rng = np.random.default_rng(seed)
+    b = QBuilder()
+    outs = []
+    for i, (channels, spatial, oc, kernel, attrs, options) in enumerate(cases):
+        x = b.input(f"x{i}", ("N", channels, *spatial), "uint8")
+        outs.append(add_qconv(b, rng, x, oc, kernel, dict(attrs, kernel_shape=list(kernel)), residual=True,
+                              **options))
+    return b.graph(*outs)
 
 
 # -- the MNIST CNN in int8 -------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from lepton_compiler.backends.llvm import int8dot
 from lepton_compiler.backends.llvm.target import host_target, named_target
 from lepton_compiler.errors import LeptonError, UnsupportedOpError
 from lepton_compiler.ops import interpret
-from qkernel_testing import QBuilder, add_qconv, add_qgemm, mnist_int8_graph
+from qkernel_testing import RESIDUAL_CASES, QBuilder, add_qconv, add_qgemm, mnist_int8_graph, residual_graph
 
 HOST_PATH = int8dot.path_name(host_target())
 PATHS = [p for p in int8dot.PATHS if p in int8dot._RUNS[HOST_PATH]]
@@ -292,3 +292,74 @@ def test_int8_mnist_matches_the_interpreter():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert (got.argmax(1) == labels[:64]).mean() >= 0.95
     np.testing.assert_allclose(model(images[:1]), expected[:1], rtol=1e-5, atol=1e-6)
+
+
+# -- QConv with a residual (uint8, added before rounding, clamp, activation and pooling) ----------------
+def test_residual_reference_is_the_documented_formula():
+    """The interpreter's QConv with a residual is ``clamp(rint(fp32(acc) * M + fp32(r - r_zp) * R) + y_zp)``
+    with ``R = fp32(r_scale / y_scale)`` (float output: ``act(fp32(acc) * S + fp32(r - r_zp) * r_scale)``)."""
+    from lepton_compiler.ops import qmath
+    from lepton_compiler.ops.quant import integer_conv
+
+    g = residual_graph(RESIDUAL_CASES[:2] + RESIDUAL_CASES[7:8])
+    feeds = feeds_for(g, 2)
+    for node, out in zip(g.nodes, interpret(g, feeds)):
+        a = node.attrs
+        acc = integer_conv(node, feeds[node.inputs[0].name], node.inputs[1].const, a["x_zero_point"])
+        acc = (acc + node.inputs[2].const.astype(np.int64).reshape(1, -1, 1, 1)).astype(np.float32)
+        r = (feeds[node.inputs[3].name].astype(np.int64) - a["r_zero_point"]).astype(np.float32)
+        if a.get("output_dtype", "uint8") == "uint8":
+            m = qmath.multipliers(a["x_scale"], a["w_scales"], a["y_scale"]).reshape(1, -1, 1, 1)
+            v = acc * m + r * (np.float32(a["r_scale"]) / np.float32(a["y_scale"]))
+            want = np.clip(np.rint(v) + a["y_zero_point"], a.get("y_min", 0), a.get("y_max", 255)).astype(np.uint8)
+            assert np.mean((want > a.get("y_min", 0)) & (want < a.get("y_max", 255))) > 0.5   # mostly unclamped
+        else:
+            s = qmath.input_scales(a["x_scale"], a["w_scales"]).reshape(1, -1, 1, 1)
+            want = np.maximum(acc * s + r * np.float32(a["r_scale"]), 0)
+        assert want.dtype == out.dtype
+        np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_residual_on_every_path(path):
+    g = residual_graph(RESIDUAL_CASES)
+    with int8dot.forced_path(path):
+        model = compile_graph(g, options={"threads": 1})
+    for batch in (1, 3):
+        feeds = feeds_for(g, batch, seed=batch + 20)
+        assert_matches(model.run(None, feeds), interpret(g, feeds))
+
+
+@pytest.mark.parametrize("path", ["vnni512", "portable"])
+def test_residual_banded_and_threaded(path, monkeypatch):
+    from lepton_compiler.backends.llvm import qconv
+
+    if path not in PATHS:
+        pytest.skip(f"this host cannot run {path}")
+    monkeypatch.setattr(qconv, "MAX_STAGE_BYTES", 0)
+    monkeypatch.setattr(qconv, "MAX_BAND_BYTES", 700)
+    g = residual_graph(RESIDUAL_CASES[:7], seed=12)
+    with int8dot.forced_path(path):
+        model = compile_graph(g, options={"threads": 2})
+    feeds = feeds_for(g, 5, seed=31)
+    assert_matches(model.run(None, feeds), interpret(g, feeds))
+
+
+def test_residual_type_rule():
+    b = QBuilder()
+    x = b.input("x", ("N", 4, 6, 6), "uint8")
+    bad = b.input("bad", ("N", 8, 6, 6), "uint8")
+    wrong_dtype = b.input("f", ("N", 8, 4, 4), "float32")
+    with pytest.raises(LeptonError, match="conv output's shape"):
+        b.op("QConv", [x, b.const("w", np.ones((8, 4, 3, 3), np.int8)), None, bad],
+             dict(kernel_shape=[3, 3], x_scale=0.1, x_zero_point=0, w_scales=[0.1], y_scale=0.2, y_zero_point=0,
+                  r_scale=0.1, r_zero_point=0), "lepton")
+    with pytest.raises(LeptonError, match="residual must be uint8"):
+        b.op("QConv", [x, b.const("w2", np.ones((8, 4, 3, 3), np.int8)), None, wrong_dtype],
+             dict(kernel_shape=[3, 3], x_scale=0.1, x_zero_point=0, w_scales=[0.1], y_scale=0.2, y_zero_point=0,
+                  r_scale=0.1, r_zero_point=0), "lepton")
+    ok = b.input("ok", ("N", 8, 4, 4), "uint8")
+    with pytest.raises(LeptonError, match="r_zero_point"):
+        b.op("QConv", [x, b.const("w3", np.ones((8, 4, 3, 3), np.int8)), None, ok],
+             dict(kernel_shape=[3, 3], x_scale=0.1, x_zero_point=0, w_scales=[0.1], y_scale=0.2, y_zero_point=0,
+                  r_scale=0.1), "lepton")

@@ -182,3 +182,49 @@ def test_qconv_type_rule_errors(change, message):
     with pytest.raises(ShapeError) as info:
         lookup("QConv").infer(_node("QConv", arrays, attrs))
     assert str(info.value) == f"node 'q' (QConv): {message}"
+
+
+# -- QConv with a residual, and its export to standard ONNX ------------------------------------------
+def test_qconv_residual_export_equals_ort():
+    """``graph.to_onnx()`` writes a QConv with a residual as ConvInteger (+ bias), Cast, Mul by M (or
+    x_scale * w_scale), Add of DequantizeLinear(r, R, r_zp), QuantizeLinear(scale 1, y_zp) (+ Clip,
+    MaxPool; float output: the activation): ONNX Runtime's result equals the interpreter's bit for bit
+    (float outputs too, each op rounding once as the definition does, up to ORT's own Tanh)."""
+    from lepton_compiler.ops import interpret
+    from qkernel_testing import residual_graph
+
+    graph = residual_graph()
+    exported = graph.to_onnx()
+    ops = [n.op_type for n in exported.graph.node]
+    assert "QLinearConv" not in ops and ops.count("DequantizeLinear") == len(graph.nodes)
+    assert ops.count("QuantizeLinear") == sum(n.attr("output_dtype", "uint8") == "uint8" for n in graph.nodes)
+    rng = np.random.default_rng(7)
+    for batch in (1, 3):
+        feeds = {v.name: rng.integers(0, 256, (batch,) + v.type.shape[1:]).astype(np.uint8) for v in graph.inputs}
+        for node, got, want in zip(graph.nodes, ort_run(exported, feeds), interpret(graph, feeds)):
+            assert got.dtype == want.dtype
+            if node.attr("activation", "") == "Tanh":   # ORT's tanh approximation is not numpy's
+                np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+            else:
+                np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"r": np.zeros((1, 3, 4, 4), np.uint8)}, "the residual uint8[1, 3, 4, 4] must have the conv output's shape "
+                                              "[1, 3, 2, 2]"),
+    ({"r": np.zeros((1, 3, 2, 2), np.float32)}, "the residual must be uint8, got float32[1, 3, 2, 2]"),
+    ({"attrs": {"r_scale": None}}, "missing attribute r_scale"),
+    ({"attrs": {"r_zero_point": 256}}, "the residual zero point must be in [0, 255]"),
+    ({"attrs": {"r_scale": 1e38, "y_scale": 1e-38}}, "the residual factor r_scale / y_scale is inf: it must be finite"),
+])
+def test_qconv_residual_type_rule_errors(change, message):
+    arrays = {"x": np.zeros((1, 2, 4, 4), np.uint8), "w": np.zeros((3, 2, 3, 3), np.int8),
+              "b": np.zeros(3, np.int32), "r": np.zeros((1, 3, 2, 2), np.uint8)}
+    attrs = {"kernel_shape": [3, 3], "x_scale": 0.1, "x_zero_point": 0, "w_scales": [0.1],
+             "y_scale": 0.1, "y_zero_point": 0, "r_scale": 0.2, "r_zero_point": 5}
+    arrays.update({k: v for k, v in change.items() if k != "attrs"})
+    attrs.update(change.get("attrs", {}))
+    attrs = {k: v for k, v in attrs.items() if v is not None}
+    with pytest.raises(ShapeError) as info:
+        lookup("QConv").infer(_node("QConv", arrays, attrs))
+    assert str(info.value) == f"node 'q' (QConv): {message}"

@@ -7,6 +7,7 @@ import pytest
 from onnx import helper
 
 import lepton_compiler as lc
+from lepton_compiler.api import compile_graph
 from lepton_compiler.demo import bundled_model_path
 from lepton_compiler.ir.verifier import verify
 from lepton_compiler.ops import qmath
@@ -172,13 +173,14 @@ def test_unsupported_layers_stay_fp32():
              helper.make_node("Conv", ["r", "wdyn"], ["y"], name="dynamic", kernel_shape=[1, 1]),
              helper.make_node("Flatten", ["y"], ["f"], name="flatten"),
              helper.make_node("Gemm", ["f", "g"], ["z"], name="gemm_t", transA=1)]
-    model = make_model(nodes, [("x", [2, 4, 6, 6]), ("x2", [2, 4, 6, 6]), ("wdyn", [4, 4, 1, 1])], [("z", [144, 3])],
+    model = make_model(nodes, [("x", [2, 4, 6, 6]), ("x2", [2, 4, 1, 1]), ("wdyn", [4, 4, 1, 1])], [("z", [144, 3])],
                        {"w": rng.normal(0, 1, (4, 4, 3, 3)).astype(np.float32),
                         "b": np.zeros(4, np.float32), "g": rng.normal(0, 1, (2, 3)).astype(np.float32)})
     graph = lc.optimize(model)
     assert observed_values(graph) == []
     q = quantize_graph(graph, {})
-    assert {d.name: d.reason for d in q.layers} == {"conv": "a fused residual add has no int8 form",
+    assert {d.name: d.reason for d in q.layers} == {"conv": "its residual float32[2, 4, 1, 1] broadcasts (int8 takes "
+                                                            "one of the conv output's shape)",
                                                     "dynamic": "its weights are not constant",
                                                     "gemm_t": "transA is not supported in int8"}
     assert not any(n.op.startswith("Q") for n in q.graph.nodes)
@@ -188,3 +190,70 @@ def test_missing_range_is_an_error():
     graph = lc.optimize(small_cnn())
     with pytest.raises(lc.LeptonError, match="quantize: no calibrated range for 'x' \\(layer 'conv'\\)"):
         quantize_graph(graph, {})
+
+
+# -- residual adds -----------------------------------------------------------------------------------
+def residual_cnn(seed=0):
+    """conv1 -> Relu (h) -> conv2 + h -> Relu (s) -> conv3 + x -> Relu -> Flatten -> Gemm: an identity
+    shortcut from inside the int8 region (h) and one from the model input (x, fp32)."""
+    rng = np.random.default_rng(seed)
+    conv = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", **conv),
+             helper.make_node("Relu", ["c1"], ["h"], name="relu1"),
+             helper.make_node("Conv", ["h", "w2", "b2"], ["c2"], name="conv2", **conv),
+             helper.make_node("Add", ["c2", "h"], ["a2"], name="add2"),
+             helper.make_node("Relu", ["a2"], ["s"], name="relu2"),
+             helper.make_node("Conv", ["s", "w3"], ["c3"], name="conv3", **conv),
+             helper.make_node("Add", ["x", "c3"], ["a3"], name="add3"),
+             helper.make_node("Relu", ["a3"], ["t"], name="relu3"),
+             helper.make_node("Flatten", ["t"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "wf"], ["y"], name="fc", transB=1)]
+    inits = {"w1": rng.normal(0, 0.3, (8, 8, 3, 3)).astype(np.float32), "b1": rng.normal(0, 0.1, 8).astype(np.float32),
+             "w2": rng.normal(0, 0.15, (8, 8, 3, 3)).astype(np.float32), "b2": rng.normal(0, 0.1, 8).astype(np.float32),
+             "w3": rng.normal(0, 0.15, (8, 8, 3, 3)).astype(np.float32),
+             "wf": rng.normal(0, 0.1, (5, 8 * 6 * 6)).astype(np.float32)}
+    return make_model(nodes, [("x", ["N", 8, 6, 6])], [("y", ["N", 5])], inits)
+
+
+def test_residual_adds_quantize():
+    graph = lc.optimize(residual_cnn())
+    assert [n.op for n in graph.nodes] == ["FusedConv", "FusedConv", "FusedConv", "Flatten", "Gemm"]
+    x = np.random.default_rng(3).normal(0, 1, (40, 8, 6, 6)).astype(np.float32)
+    ranges = calibrated(graph, x)
+    assert {"x", "h", "s", "t"} <= set(observed_values(graph))
+    q = quantize_graph(graph, ranges)
+    verify(q.graph)
+    assert structure(q.graph) == [
+        ("QuantizeLinear", ["x", "x_scale", "x_zero_point"], ["uint8[N, 8, 6, 6]"]),
+        ("QConv", ["x_quantized", "w1_int8", "b1_int32"], ["uint8[N, 8, 6, 6]"]),
+        ("QConv", ["h", "w2_int8", "b2_int32", "h"], ["uint8[N, 8, 6, 6]"]),
+        ("QConv", ["s", "w3_int8", None, "x_quantized"], ["uint8[N, 8, 6, 6]"]),
+        ("Flatten", ["t"], ["uint8[N, 288]"]),
+        ("QGemm", ["f", "wf_int8"], ["float32[N, 5]"]),
+    ]
+    conv1, conv2, conv3 = (node(q.graph, n) for n in ("conv1", "conv2", "conv3"))
+    # the residual's scale is its producer's (conv1's output) or the region edge's QuantizeLinear
+    assert (conv2.attrs["r_scale"], conv2.attrs["r_zero_point"]) == (conv1.attrs["y_scale"], conv1.attrs["y_zero_point"])
+    assert (conv3.attrs["r_scale"], conv3.attrs["r_zero_point"]) == (conv1.attrs["x_scale"], conv1.attrs["x_zero_point"])
+    assert conv2.attrs["y_scale"] == qmath.choose_uint8(*ranges["s"])[0]
+    assert conv2.attrs["y_min"] == conv2.attrs["y_zero_point"] == 0      # Relu after the add: the clamp
+    assert q.int8_layers == ["conv1", "conv2", "conv3", "fc"]
+    ref, out = interpret(graph, {"x": x})[0], interpret(q.graph, {"x": x})[0]
+    assert 10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / np.sum((out - ref).astype(np.float64) ** 2)) > 30
+    # the same int8 graph compiled: equal to the interpreter
+    model = compile_graph(q.graph)
+    np.testing.assert_allclose(model.run(None, {"x": x})[0], out, rtol=1e-5, atol=1e-5)
+
+
+def test_residual_layer_after_an_fp32_layer():
+    """conv2 in fp32 (keep_fp32): conv3's input ``s`` comes from fp32 code and is quantized at the edge,
+    its residual ``x`` shares the QuantizeLinear conv1 reads; conv1's output h feeds fp32 conv2, so
+    conv1 ends its region with a float output."""
+    graph = lc.optimize(residual_cnn())
+    x = np.random.default_rng(3).normal(0, 1, (40, 8, 6, 6)).astype(np.float32)
+    q = quantize_graph(graph, calibrated(graph, x), keep_fp32=["conv2"])
+    assert [n.op for n in q.graph.nodes] == ["QuantizeLinear", "QConv", "FusedConv", "QuantizeLinear", "QConv",
+                                             "Flatten", "QGemm"]
+    assert node(q.graph, "conv1").attrs["output_dtype"] == "float32"
+    conv3 = node(q.graph, "conv3")
+    assert conv3.inputs[0].producer.op == "QuantizeLinear" and conv3.inputs[3].name == "x_quantized"

@@ -26,10 +26,11 @@ def _names(v) -> str:
 
 def pool_proto(node: Node, x: str, y: str, fresh) -> NodeProto:
     """The MaxPool that a fused conv's ``pool_*`` attributes describe, as ONNX."""
+    nd = len(node.attr("pool_kernel"))   # absent attributes take pool_node's defaults
     return helper.make_node(
         "MaxPool", [x], [y], name=fresh(f"{node.name}_pool"),
-        kernel_shape=list(node.attr("pool_kernel")), strides=list(node.attr("pool_strides")),
-        pads=list(node.attr("pool_pads")), dilations=list(node.attr("pool_dilations")),
+        kernel_shape=list(node.attr("pool_kernel")), strides=list(node.attr("pool_strides", [1] * nd)),
+        pads=list(node.attr("pool_pads", [0] * 2 * nd)), dilations=list(node.attr("pool_dilations", [1] * nd)),
         ceil_mode=int(node.attr("pool_ceil_mode", 0)))
 
 
@@ -180,21 +181,30 @@ def _channels(values, count: int, rank: int, axis: int):
 
 def expand_qconv(node: Node, fresh):
     """uint8 output: QLinearConv (+ Clip on uint8, + MaxPool on uint8); float output: ConvInteger
-    (+ Add of the int32 bias), Cast, Mul by x_scale * w_scale, activation, MaxPool."""
+    (+ Add of the int32 bias), Cast, Mul by x_scale * w_scale, activation, MaxPool.
+
+    With a residual ``r``: ConvInteger (+ bias), Cast, Mul by the factor (``M`` for a uint8 output,
+    ``x_scale * w_scale`` for a float one), Add of ``DequantizeLinear(r, R, r_zp)`` (which is
+    ``fp32(r - r_zp) * R`` exactly), then a uint8 output is ``QuantizeLinear`` with scale 1 and
+    zero point ``y_zp`` (``rint(v) + y_zp``, saturated) and the Clip; a float output the
+    activation; then MaxPool. Each op rounds once, as QConv's definition does."""
     conv_attrs = {k: v for k, v in node.attrs.items()
                   if k in ("kernel_shape", "strides", "pads", "dilations", "group", "auto_pad")}
     x, w = node.inputs[0].name, node.inputs[1].name
     bias = node.inputs[2].name if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    residual = node.inputs[3] if len(node.inputs) > 3 else None
     out_ch = node.inputs[1].type.shape[0]
     rank = node.inputs[0].type.rank
     scales = [float(s) for s in node.attr("w_scales")]
+    uint8 = node.attr("output_dtype", "uint8") == "uint8"
     nodes: list[NodeProto] = []
     inits: list[TensorProto] = []
-    xs, i1 = _const(fresh, f"{node.name}_x_scale", np.array(node.attr("x_scale"), np.float32))
     xz, i2 = _const(fresh, f"{node.name}_x_zero_point", np.array(node.attr("x_zero_point"), np.uint8))
-    inits += [i1, i2]
+    inits.append(i2)
     current = fresh(f"{node.name}_conv")
-    if node.attr("output_dtype", "uint8") == "uint8":
+    if uint8 and residual is None:
+        xs, i1 = _const(fresh, f"{node.name}_x_scale", np.array(node.attr("x_scale"), np.float32))
+        inits.append(i1)
         ws, i3 = _const(fresh, f"{node.name}_w_scale", np.array(scales, np.float32) if len(scales) > 1
                         else np.array(scales[0], np.float32))
         wz, i4 = _const(fresh, f"{node.name}_w_zero_point", np.zeros(len(scales), np.int8) if len(scales) > 1
@@ -214,8 +224,30 @@ def expand_qconv(node: Node, fresh):
             biased = fresh(f"{node.name}_biased")
             nodes.append(helper.make_node("Add", [current, b], [biased], name=fresh(f"{node.name}_bias_add")))
             current = biased
-        units = (np.float32(node.attr("x_scale")) * np.asarray(scales, np.float32)).tolist()
+        if uint8:
+            units = qmath.multipliers(node.attr("x_scale"), scales, node.attr("y_scale")).tolist()
+        else:
+            units = (np.float32(node.attr("x_scale")) * np.asarray(scales, np.float32)).tolist()
         current = _rescale(node, current, units, _channels(units, out_ch, rank, 1), fresh, nodes, inits)
+        if residual is not None:
+            factor = qmath.residual_factor(node.attr("r_scale"), node.attr("y_scale") if uint8 else None)
+            rs, i3 = _const(fresh, f"{node.name}_r_factor", np.array(factor, np.float32))
+            rz, i4 = _const(fresh, f"{node.name}_r_zero_point", np.array(node.attr("r_zero_point"), np.uint8))
+            inits += [i3, i4]
+            term = fresh(f"{node.name}_residual_term")
+            nodes.append(helper.make_node("DequantizeLinear", [residual.name, rs, rz], [term],
+                                          name=fresh(f"{node.name}_residual_dequantize")))
+            added = fresh(f"{node.name}_residual_added")
+            nodes.append(helper.make_node("Add", [current, term], [added], name=fresh(f"{node.name}_residual_add")))
+            current = added
+            if uint8:
+                one, i5 = _const(fresh, f"{node.name}_unit_scale", np.array(1.0, np.float32))
+                yz, i6 = _const(fresh, f"{node.name}_y_zero_point", np.array(node.attr("y_zero_point"), np.uint8))
+                inits += [i5, i6]
+                quantized = fresh(f"{node.name}_requantized")
+                nodes.append(helper.make_node("QuantizeLinear", [current, one, yz], [quantized],
+                                              name=fresh(f"{node.name}_q")))
+                current = quantized
     _int8_tail(node, current, fresh, nodes, inits, pool=True)
     return nodes, inits
 

@@ -40,10 +40,25 @@ def input_scales(x_scale: float, w_scales) -> np.ndarray:
     return F32(x_scale) * np.asarray(w_scales, F32)
 
 
-def requantize(acc: np.ndarray, multiplier, zero_point: int, lo: int = 0, hi: int = 255) -> np.ndarray:
-    """``clamp(rint(fp32(acc) * multiplier) + zero_point, lo, hi)`` as uint8."""
-    scaled = np.rint(np.asarray(acc).astype(F32) * np.asarray(multiplier, F32))
-    return np.clip(scaled + F32(zero_point), lo, hi).astype(np.uint8)
+def requantize(acc: np.ndarray, multiplier, zero_point: int, lo: int = 0, hi: int = 255,
+               residual: np.ndarray | None = None) -> np.ndarray:
+    """``clamp(rint(fp32(acc) * multiplier [+ residual]) + zero_point, lo, hi)`` as uint8; ``residual``
+    is an fp32 term (``residual_term``) added to the rounded product, before ``rint``."""
+    scaled = np.asarray(acc).astype(F32) * np.asarray(multiplier, F32)
+    if residual is not None:
+        scaled = scaled + np.asarray(residual, F32)
+    return np.clip(np.rint(scaled) + F32(zero_point), lo, hi).astype(np.uint8)
+
+
+def residual_factor(r_scale: float, y_scale: float | None = None) -> np.float32:
+    """``R``: one residual unit in output units, ``fp32(r_scale / y_scale)`` (a uint8 output), or
+    ``fp32(r_scale)`` (a float output, ``y_scale`` None)."""
+    return F32(r_scale) if y_scale is None else F32(F32(r_scale) / F32(y_scale))
+
+
+def residual_term(r: np.ndarray, r_zero_point: int, factor) -> np.ndarray:
+    """``fp32(r - r_zero_point) * factor``: a uint8 residual in output units (as ``dequantize``)."""
+    return dequantize(r, F32(factor), r_zero_point)
 
 
 def rescale(acc: np.ndarray, scale) -> np.ndarray:

@@ -16,6 +16,19 @@ The int8 semantics, shared by the reference interpreter and every kernel path
   ``[y_min, y_max]``; max pooling then commutes with this monotonic map.
 * A float output (``output_dtype="float32"``, the end of an int8 region) is
   ``act(fp32(acc) * fp32(x_scale * w_scale[o]))``, then the softmax if fused.
+* A QConv **residual** (a uint8 tensor ``r`` of the conv output's shape, before pooling, with
+  its own ``r_scale`` and ``r_zero_point``) is added in fp32 before rounding, clamp, activation
+  and pooling (as ``FusedConv``'s ``act(conv + residual)``):
+  ``y = clamp(rint(fp32(acc) * M[o] + fp32(r - r_zp) * R) + y_zp, y_min, y_max)`` with
+  ``R = fp32(r_scale / y_scale)``; a float output is
+  ``act(fp32(acc) * fp32(x_scale * w_scale[o]) + fp32(r - r_zp) * r_scale)``. Each product and
+  the sum are rounded to fp32 separately (no fused multiply-add). Why this form: it is the
+  conv's own requantization plus one term whose factor, like ``M``, is divided out at compile
+  time, so a kernel pays one multiply and one add per output and no division; it is exact to
+  specify in standard ONNX (``fp32(r - r_zp) * R`` is ``DequantizeLinear(r, R, r_zp)`` and
+  ``rint(v) + y_zp`` is ``QuantizeLinear(v, 1, y_zp)``), which ``QLinearAdd`` is not (ONNX
+  Runtime's kernels order and fuse its float operations as the vector width suits them). With
+  a residual, max pooling pools the requantized values (the term differs per position).
 
 Validation (the type rules; the arithmetic above is unchanged): a constant QuantizeLinear scale
 of 0 or NaN is refused (every other scale, and every DequantizeLinear scale, is computed as ONNX
@@ -24,17 +37,20 @@ Runtime does); QConv / QGemm need finite fp32 factors (requantization multiplier
 and bias, an accumulator that cannot overflow int32 (the interpreter's sum is exact, the
 kernels' int32 one would wrap around).
 
-``QConv(x: uint8[N, C, ...], w: int8[O, C/group, ...], bias: int32[O]?)``
+``QConv(x: uint8[N, C, ...], w: int8[O, C/group, ...], bias: int32[O]?, residual: uint8[N, O, ...]?)``
     Conv attributes as in ONNX, pooling attributes as ``FusedConv``; ``x_scale``,
     ``x_zero_point``, ``w_scales`` (1 or O floats), ``y_scale``,
     ``y_zero_point``, ``y_min``, ``y_max``, ``output_dtype`` and, for float
-    output, ``activation`` / ``activation_params``.
+    output, ``activation`` / ``activation_params``; with a residual, ``r_scale``
+    and ``r_zero_point``.
 ``QGemm(a: uint8[M, K], b: int8[N, K], bias: int32[N]?)``
     ``y = a @ b.T`` under the same attributes (``a_*`` for ``x_*``), plus
     ``softmax`` = 1 (float output only).
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 
@@ -227,7 +243,8 @@ def infer_qconv(node: Node) -> list[TensorType]:
     require(node, w.rank >= 3 and isinstance(w.shape[0], int), f"weight {w} must have static output channels")
     _check_int8_attrs(node, w.shape[0], "x")
     _check_accumulator(node, node.inputs[1], bias, node.attr("x_zero_point"))
-    conv = infer_conv(_float_view(node, list(node.inputs), _conv_attrs(node)))[0]
+    conv = infer_conv(_float_view(node, list(node.inputs[:2]), _conv_attrs(node)))[0]
+    _check_residual(node, conv)
     out = TensorType(node.attr("output_dtype", "uint8"), conv.shape)
     if node.attr("pool_kernel") is None:
         return [out]
@@ -235,23 +252,61 @@ def infer_qconv(node: Node) -> list[TensorType]:
     return [TensorType(out.dtype, pooled.shape)]
 
 
-def _finish(node: Node, acc: np.ndarray, in_scale: float, w_scales, rank: int) -> np.ndarray:
-    """Requantize (uint8 output) or rescale and activate (float output) an int64 accumulator."""
+def residual_of(node: Node) -> Optional[Value]:
+    """A QConv's residual operand, or None."""
+    return node.inputs[3] if node.op == "QConv" and len(node.inputs) > 3 else None
+
+
+def _check_residual(node: Node, conv: TensorType) -> None:
+    residual = residual_of(node)
+    if residual is None:
+        return
+    require(node, residual.type.dtype == "uint8", f"the residual must be uint8, got {residual.type}")
+    require(node, residual.type.shape == conv.shape,
+            f"the residual {residual.type} must have the conv output's shape {list(conv.shape)}")
+    for name in ("r_scale", "r_zero_point"):
+        require(node, node.attr(name) is not None, f"missing attribute {name}")
+    require(node, 0 <= node.attr("r_zero_point") <= 255, "the residual zero point must be in [0, 255]")
+    uint8 = node.attr("output_dtype", "uint8") == "uint8"
+    with np.errstate(all="ignore"):
+        factor = qmath.residual_factor(node.attr("r_scale"), node.attr("y_scale") if uint8 else None)
+    require(node, bool(np.isfinite(factor)), f"the residual factor {'r_scale / y_scale' if uint8 else 'r_scale'} "
+            f"is {float(factor)}: it must be finite")
+
+
+def _residual_term(node: Node, r: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """``fp32(r - r_zp) * R`` (see the module), or None without a residual."""
+    if r is None:
+        return None
+    uint8 = node.attr("output_dtype", "uint8") == "uint8"
+    factor = qmath.residual_factor(node.attr("r_scale"), node.attr("y_scale") if uint8 else None)
+    return qmath.residual_term(r, node.attr("r_zero_point"), factor)
+
+
+def _finish(node: Node, acc: np.ndarray, in_scale: float, w_scales, rank: int,
+            residual: Optional[np.ndarray] = None) -> np.ndarray:
+    """Requantize (uint8 output) or rescale and activate (float output) an int64 accumulator,
+    adding a QConv's uint8 ``residual`` first."""
+    term = _residual_term(node, residual)
     if node.attr("output_dtype", "uint8") == "uint8":
         m = _channel_shape(qmath.multipliers(in_scale, w_scales, node.attr("y_scale")), rank)
-        return qmath.requantize(acc, m, node.attr("y_zero_point"), node.attr("y_min", 0), node.attr("y_max", 255))
+        return qmath.requantize(acc, m, node.attr("y_zero_point"), node.attr("y_min", 0), node.attr("y_max", 255),
+                                term)
     s = _channel_shape(qmath.input_scales(in_scale, w_scales), rank)
     y = qmath.rescale(acc, s)
+    if term is not None:
+        y = (y + term).astype(np.float32)
     return apply_activation(node.attr("activation", ""), y, node.attr("activation_params", []))
 
 
 def reference_qconv(node: Node, inputs):
     x, w = inputs[0], inputs[1]
     bias = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None
+    residual = inputs[3] if len(inputs) > 3 else None
     acc = integer_conv(node, x, w, node.attr("x_zero_point"))
     if bias is not None:
         acc = acc + bias.astype(np.int64).reshape((1, -1) + (1,) * (x.ndim - 2))
-    y = _finish(node, acc, node.attr("x_scale"), node.attr("w_scales"), x.ndim)
+    y = _finish(node, acc, node.attr("x_scale"), node.attr("w_scales"), x.ndim, residual)
     if node.attr("pool_kernel") is not None:   # pooled in fp32, which holds every uint8 exactly
         pooled = reference_maxpool(pool_node(node, TensorType("float32", y.shape)), [y.astype(np.float32)])[0]
         y = pooled.astype(y.dtype)

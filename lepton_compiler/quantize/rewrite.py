@@ -19,10 +19,17 @@ A ``QuantizeLinear`` is inserted where an int8 layer reads a float value (the st
 int8 region), once per value however many int8 layers read it. Views of a uint8 value are
 uint8 and share its scale.
 
+A conv with a fused residual Add (``act(conv + r)``) becomes a QConv with a uint8 residual
+operand (``ops/quant.py``): ``r`` is the uint8 output of an int8 layer (an int8 layer's residual
+reader counts as an int8 reader, so a ResNet block's shortcut stays in the region) or, when ``r``
+is float, its QuantizeLinear at the region's edge with ``r``'s calibrated range (calibration
+observes residuals too).
+
 Layers that stay fp32 (each ``LayerDecision`` says why):
 
-* unsupported: weights or bias not constant, a fused residual add, a Gemm with ``transA``
-  or a bias that is not one value per output column, a non-float input;
+* unsupported: weights or bias not constant, a fused residual that broadcasts (int8 takes
+  one of the conv output's shape), a Gemm with ``transA`` or a bias that is not one value
+  per output column, a non-float input;
 * ``keep_fp32`` names them;
 * not worth it: fewer than ``MIN_MACS`` multiply-adds per batch item in a layer whose
   input does not already come from an int8 layer. Such a layer would open an int8 region
@@ -115,8 +122,12 @@ def unsupported(node: Node) -> Optional[str]:
     if bias is not None and not bias.is_const:
         return "its bias is not constant"
     if node.op in CONV_OPS:
-        if _input(node, 3) is not None:
-            return "a fused residual add has no int8 form"
+        residual = _input(node, 3)
+        if residual is not None:
+            if residual.type.dtype != "float32":
+                return f"its residual is {residual.type.dtype}"
+            if residual.type.shape != conv_output_type(node).shape:
+                return f"its residual {residual.type} broadcasts (int8 takes one of the conv output's shape)"
         return None
     if node.attr("transA", 0):
         return "transA is not supported in int8"
@@ -140,18 +151,23 @@ def layer_macs(node: Node) -> int:
     return int(np.prod(w, dtype=np.int64))
 
 
+def residual_input(node: Node) -> Optional[Value]:
+    """A conv layer's fused residual, or None."""
+    return _input(node, 3) if node.op in CONV_OPS else None
+
+
 def is_view(node: Node) -> bool:
     return REGISTRY[node.op].kind is OpKind.VIEW and node.domain == "" and \
         all(v is None or v.is_const for v in node.inputs[1:])
 
 
 def observed_values(graph: Graph) -> list[str]:
-    """The values calibration must observe: the input and output of every supported layer."""
+    """The values calibration must observe: the input, residual and output of every supported layer."""
     names: list[str] = []
     for node in layers(graph):
         if unsupported(node) is None:
-            for v in (node.inputs[0], node.outputs[0]):
-                if v.name not in names:
+            for v in (node.inputs[0], residual_input(node), node.outputs[0]):
+                if v is not None and v.name not in names:
                     names.append(v.name)
     return names
 
@@ -218,7 +234,8 @@ def quantize_graph(graph: Graph, ranges: Mapping[str, tuple[float, float]],
             reason = (f"not worth it: {macs[node]:,} multiply-adds per item would open an int8 region "
                       f"of their own (fewer than {min_macs:,})")
         if reason is None:
-            missing = [v.name for v in (node.inputs[0], node.outputs[0]) if v.name not in ranges]
+            missing = [v.name for v in (node.inputs[0], residual_input(node), node.outputs[0])
+                       if v is not None and v.name not in ranges]
             if missing:
                 raise LeptonError(f"quantize: no calibrated range for {missing[0]!r} (layer {node.name!r})")
             int8.add(node)
@@ -229,8 +246,8 @@ def quantize_graph(graph: Graph, ranges: Mapping[str, tuple[float, float]],
         readers = users.get(value, [])
         if value in outputs or not readers:
             return False
-        for r in readers:
-            if r in int8 and r.inputs[0] is value and value not in r.inputs[1:]:
+        for r in readers:   # an int8 layer's input or residual (never its weights or bias)
+            if r in int8 and (r.inputs[0] is value or residual_input(r) is value) and value not in r.inputs[1:3]:
                 continue
             if is_view(r) and r.inputs[0] is value and int8_readers_only(r.outputs[0]):
                 continue
@@ -246,6 +263,20 @@ def quantize_graph(graph: Graph, ranges: Mapping[str, tuple[float, float]],
     def choose(value: Value) -> tuple[float, int]:
         return qmath.choose_uint8(*ranges[value.name])
 
+    def uint8_value(x: Value) -> Value:
+        """``x`` itself when it is uint8 already, else its QuantizeLinear (added once per value)."""
+        if x in params:
+            return x
+        if x not in quantized:
+            scale, zp = choose(x)
+            q = Value(b.unique(f"{x.name}_quantized"), TensorType("uint8", x.type.shape))
+            nodes.append(Node("QuantizeLinear", b.unique(f"{x.name}/QuantizeLinear"),
+                              [x, b.const(f"{x.name}_scale", np.array(scale, np.float32)),
+                               b.const(f"{x.name}_zero_point", np.array(zp, np.uint8))], [q]))
+            quantized[x] = q
+            params[q] = (scale, zp)
+        return quantized[x]
+
     for node in g.nodes:
         if is_view(node) and node.inputs[0] in params:
             params[node.outputs[0]] = params[node.inputs[0]]
@@ -256,20 +287,13 @@ def quantize_graph(graph: Graph, ranges: Mapping[str, tuple[float, float]],
                 decisions.append(LayerDecision(node.name, _kind(node), False, "", reasons[node], macs[node]))
             nodes.append(node)
             continue
-        x = node.inputs[0]
-        if x not in params:
-            if x not in quantized:
-                scale, zp = choose(x)
-                q = Value(b.unique(f"{x.name}_quantized"), TensorType("uint8", x.type.shape))
-                nodes.append(Node("QuantizeLinear", b.unique(f"{x.name}/QuantizeLinear"),
-                                  [x, b.const(f"{x.name}_scale", np.array(scale, np.float32)),
-                                   b.const(f"{x.name}_zero_point", np.array(zp, np.uint8))], [q]))
-                quantized[x] = q
-                params[q] = (scale, zp)
-            x = quantized[x]
+        x, r = uint8_value(node.inputs[0]), residual_input(node)
+        if r is not None:   # from an int8 region, or quantized here at the region's edge
+            r = uint8_value(r)
         act = node.attr("activation", "")
         uint8_out = act in CLAMP_ACTIVATIONS and int8_readers_only(node.outputs[0])
-        new = _quantized_layer(b, node, x, params[x], choose(node.outputs[0]) if uint8_out else None)
+        new = _quantized_layer(b, node, x, params[x], choose(node.outputs[0]) if uint8_out else None,
+                               r, None if r is None else params[r])
         if uint8_out:
             params[node.outputs[0]] = choose(node.outputs[0])
         nodes.append(new)
@@ -300,9 +324,10 @@ def _clamp(node: Node, scale: float, zp: int) -> tuple[int, int]:
 
 
 def _quantized_layer(b: _Builder, node: Node, x: Value, x_params: tuple[float, int],
-                     y_params: Optional[tuple[float, int]]) -> Node:
-    """The QConv/QGemm of ``node`` reading the uint8 ``x``; uint8 output with ``y_params``,
-    float output when None. It keeps the node's name and output value."""
+                     y_params: Optional[tuple[float, int]], r: Optional[Value] = None,
+                     r_params: Optional[tuple[float, int]] = None) -> Node:
+    """The QConv/QGemm of ``node`` reading the uint8 ``x`` (and the uint8 residual ``r``); uint8
+    output with ``y_params``, float output when None. It keeps the node's name and output value."""
     x_scale, x_zp = x_params
     w = np.asarray(node.inputs[1].const, np.float32)
     if node.op in CONV_OPS:
@@ -322,6 +347,9 @@ def _quantized_layer(b: _Builder, node: Node, x: Value, x_params: tuple[float, i
         inputs.append(b.const(f"{bias_name}_int32", qmath.quantize_bias(bias, x_scale, w_scales)))
     attrs.update({f"{prefix}_scale": float(x_scale), f"{prefix}_zero_point": int(x_zp),
                   wname: [float(s) for s in w_scales]})
+    if r is not None:
+        inputs = inputs + [None] * (3 - len(inputs)) + [r]
+        attrs.update({"r_scale": float(r_params[0]), "r_zero_point": int(r_params[1])})
     if y_params is not None:
         y_min, y_max = _clamp(node, *y_params)
         attrs.update({"y_scale": float(y_params[0]), "y_zero_point": int(y_params[1]), "y_min": y_min,

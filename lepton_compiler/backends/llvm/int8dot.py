@@ -254,6 +254,10 @@ class Epilogue:
     zero point folded in at compile time), zero-padded to whole vectors. Channel ``o`` sits
     at ``slots[o]`` of the padded arrangement (``o`` itself unless a kernel, such as a
     grouped convolution, pads inside it).
+
+    A QConv's residual (``residual`` not None) is one more term in ``finish``: the kernel
+    passes the uint8 residual of the output vector's lanes, and ``finish`` adds
+    ``fp32(r - r_zp) * R`` to ``fp32(acc) * factor`` before rounding (``ops/quant.py``).
     """
 
     def __init__(self, k: KernelBuilder, node: Node, prefix: str, w_int: np.ndarray, bias: Optional[np.ndarray],
@@ -279,6 +283,11 @@ class Epilogue:
         else:
             factor[slots] = qmath.input_scales(x_scale, w_scales)
         self.factor = k.constant(f"{node.name}.requant", factor)
+        self.residual = node.inputs[3] if node.op == "QConv" and len(node.inputs) > 3 else None
+        if self.residual is not None:
+            self.r_zero_point = int(node.attr("r_zero_point"))
+            self.r_factor = float(qmath.residual_factor(node.attr("r_scale"),
+                                                        node.attr("y_scale") if self.uint8 else None))
         self.factor_values = factor[slots]
         self.activation = node.attr("activation", "")
         self.activation_params = list(node.attr("activation_params", []))
@@ -291,11 +300,16 @@ class Epilogue:
         k = self.k
         return vec_load(k, self.init, k.b.mul(block, k.i64(self.lanes)), ir.VectorType(I32, self.lanes))
 
-    def finish(self, acc: ir.Value, block: ir.Value) -> ir.Value:
+    def finish(self, acc: ir.Value, block: ir.Value, residual: Optional[ir.Value] = None) -> ir.Value:
+        """The output vector of accumulators ``acc`` (channel block ``block``); ``residual``: the
+        residual's ``<lanes x i8>`` at the same outputs (a QConv with a residual)."""
         k, b = self.k, self.k.b
         vf = ir.VectorType(F32, self.lanes)
         factor = vec_load(k, self.factor, b.mul(block, k.i64(self.lanes)), vf)
         y = b.fmul(b.sitofp(acc, vf), factor)
+        if residual is not None:   # + fp32(r - r_zp) * R, each step rounded (no fused multiply-add)
+            r = b.sub(b.zext(residual, self.acc_type), ir.Constant(self.acc_type, [self.r_zero_point] * self.lanes))
+            y = b.fadd(y, b.fmul(b.sitofp(r, vf), k.const_like(y, self.r_factor)))
         if not self.uint8:
             return self.activate(y)
         y = b.fadd(k.intrinsic("llvm.rint", y), k.const_like(y, self.zero_point))

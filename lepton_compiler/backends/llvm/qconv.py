@@ -135,6 +135,13 @@ class QConvKernel:
             self._layout(w4)
         self.epilogue = Epilogue(k, node, "x", w4, None if bias is None else bias.const, self.lanes,
                                  self.slots, self.ocpad)
+        self.residual = self.epilogue.residual
+        if self.residual is not None:   # offset of each padded slot's channel plane (padding: channel 0)
+            self.conv_plane = shape_product(self.conv_shape[2:])
+            offsets = np.zeros(self.ocpad, np.int64)
+            offsets[self.slots] = np.arange(self.out_channels) * self.conv_plane
+            self.residual_table = k.constant(f"{node.name}.residual_offsets", offsets)
+        self.n = None
         self._bands()
         self.table = k.constant(f"{node.name}.offsets", self.offsets)
 
@@ -368,11 +375,31 @@ class QConvKernel:
                     xv = path.load_x(k, stage, b.add(bases[t], off))
                     for j in range(blocks):
                         b.store(path.dot(k, b.load(acc[t][j]), xv, ws[j]), acc[t][j])
+        res = self.residual_tile(p0, width, blocks_ir) if self.residual is not None and not raw else None
         for t in range(width):
             for j, blk in enumerate(blocks_ir):
-                out = b.load(acc[t][j]) if raw else self.epilogue.finish(b.load(acc[t][j]), blk)
+                out = b.load(acc[t][j]) if raw else \
+                    self.epilogue.finish(b.load(acc[t][j]), blk, None if res is None else res[t][j])
                 at = b.add(b.mul(b.add(row0, k.i64(t)), k.i64(self.ocpad)), b.mul(blk, k.i64(lanes)))
                 vec_store(k, out, dst, at)
+
+    def residual_tile(self, p0: ir.Value, width: int, blocks_ir: list) -> list:
+        """The residual at conv positions ``p0 .. p0+width`` of image ``self.n``, as ``[t][j]``
+        vectors of ``lanes`` channels (block ``blocks_ir[j]``): per block, one run of ``width``
+        bytes per channel (NCHW), transposed in registers."""
+        k, b, lanes = self.k, self.k.b, self.lanes
+        vec = ir.VectorType(ir.IntType(8), 16)
+        src = k.ptr(self.residual)
+        image = b.add(b.mul(self.n, k.i64(self.out_channels * self.conv_plane)), p0)
+        out = [[None] * len(blocks_ir) for _ in range(width)]
+        for j, blk in enumerate(blocks_ir):
+            rows = [load_bytes(k, src, b.add(image, k.load(self.residual_table, b.add(b.mul(blk, k.i64(lanes)),
+                                                                                      k.i64(lane)))), width, vec)
+                    for lane in range(lanes)]
+            cols = transpose_bytes(k, rows + [ir.Constant(vec, ir.Undefined)] * (16 - lanes))
+            for t in range(width):
+                out[t][j] = first(k, cols[t], lanes)
+        return out
 
     def emit_range(self, stage, p0: ir.Value, length: int, dst, raw: bool = False) -> None:
         """Output positions ``p0 .. p0+length`` (all channels) into ``dst[position - p0][channel]``."""
@@ -471,6 +498,7 @@ class QConvKernel:
         buf = k.stack_array(element, rows * g.out_w * self.ocpad + 16)
         plane = g.out_h * g.out_w
         with k.parallel_loop(self.x.type.shape[0], work, name="img") as n:
+            self.n = n
             if not self.banded:
                 self.emit_stage(n, stage, self.org)
 
@@ -495,9 +523,9 @@ class QConvKernel:
     def pool_raw(self) -> bool:
         """Whether to max-pool the int32 accumulators and requantize only the pooled values:
         exact for a uint8 output, whose requantization is non-decreasing in the accumulator
-        when every multiplier is positive."""
+        when every multiplier is positive, and no residual (its term differs per position)."""
         ep = self.epilogue
-        return ep.uint8 and bool(np.all(ep.factor_values > 0))
+        return ep.uint8 and ep.residual is None and bool(np.all(ep.factor_values > 0))
 
     def emit_pooled(self, stage, element, work) -> None:
         k, g, b = self.k, self.g, self.k.b
@@ -515,6 +543,7 @@ class QConvKernel:
         pooled = k.stack_array(element, chunk * p.out_w * self.ocpad + 16)
         lowest = ir.Constant(row_type, [-(2 ** 31)] * self.lanes) if raw else ep.lowest()
         with k.parallel_loop(self.x.type.shape[0], work, name="img") as n:
+            self.n = n
             if not self.banded:
                 self.emit_stage(n, stage, self.org)
             chunks = -(-p.out_h // chunk)
