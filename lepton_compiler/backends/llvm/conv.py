@@ -139,10 +139,13 @@ def conv_parts(node: Node) -> tuple[ConvParts, Geometry2D]:
 @lowering("Conv", "FusedConv")
 def lower_conv(k: KernelBuilder, node: Node) -> None:
     from .conv_simd import SimdConv
+    from .conv_spatial import SpatialConv
     from .winograd import WinogradConv
 
-    variant = choose_conv_kernel(node, k.lanes)
-    if variant == "winograd":
+    variant = choose_conv_kernel(node, k.lanes, k.registers)
+    if variant == "spatial":
+        SpatialConv(k, node, k.lanes, k.registers).emit()
+    elif variant == "winograd":
         WinogradConv(k, node, k.lanes, k.registers).emit()
     elif variant == "simd":
         SimdConv(k, node, k.lanes, k.registers).emit()
@@ -150,15 +153,31 @@ def lower_conv(k: KernelBuilder, node: Node) -> None:
         lower_direct_conv(k, node)
 
 
-def choose_conv_kernel(node: Node, lanes: int) -> str:
-    """"winograd", "simd" or "direct": the kernel a Conv/FusedConv gets on a target with
-    ``lanes`` floats per vector (``lepton inspect`` reports the same choice)."""
+FORCED_KERNEL: Optional[str] = None
+"""Tests and benchmarks: a variant every conv that kernel supports gets instead of the chosen one."""
+
+
+def choose_conv_kernel(node: Node, lanes: int, registers: Optional[int] = None) -> str:
+    """"winograd", "spatial", "simd" or "direct": the kernel a Conv/FusedConv gets on a target
+    with ``lanes`` floats per vector and ``registers`` vector registers (``lepton inspect``
+    reports the same choice)."""
     from .conv_simd import simd_supported
+    from .conv_spatial import simd_cost, spatial_cost, spatial_supported
     from .winograd import winograd_pays, winograd_supported
 
+    registers = registers or (32 if lanes >= 16 else 16)
+    supported = {"winograd": lambda: winograd_supported(node, lanes), "spatial": lambda: spatial_supported(node, lanes),
+                 "simd": lambda: simd_supported(node, lanes), "direct": lambda: True}
+    if FORCED_KERNEL is not None and supported[FORCED_KERNEL]():
+        return FORCED_KERNEL
     if winograd_supported(node, lanes) and winograd_pays(node):
         return "winograd"
-    if simd_supported(node, lanes):
+    simd, spatial = simd_supported(node, lanes), spatial_supported(node, lanes)
+    if simd and spatial:
+        return "spatial" if spatial_cost(node, lanes, registers) < simd_cost(node, lanes, registers) else "simd"
+    if spatial:
+        return "spatial"
+    if simd:
         return "simd"
     return "direct"
 

@@ -1,0 +1,375 @@
+"""Convolution vectorized over output positions (NCHW rows), for the layers where blocking over
+output channels does not pay: depthwise and other grouped convs, layers with few output
+channels, 1x1 convs over a whole plane, narrow (few input channel) strided stems.
+
+A vector holds ``L`` consecutive outputs of one row (``L`` floats: 16 with AVX-512, 8 with AVX2,
+4 with SSE/NEON). A block of ``R`` output channels (of one group) x ``H`` output rows x ``V``
+vectors of accumulators stays in registers for the whole reduction; per input channel and kernel
+tap, each input row the block reads is loaded once per vector (stride 2: two loads and one
+even-lane shuffle) and multiply-added, with a broadcast weight, into every accumulator that reads
+it: ``R`` channels x the rows whose window covers it. Weights are repacked at compile time as
+``[group][channel block][ic][kh][kw][R]``, zero-padded, so the ``R`` broadcasts of a tap are
+adjacent.
+
+Columns: tiles of ``V * L`` outputs whose taps never read padding run in a loop; the tiles at
+the two ends of a row are unrolled at compile time, each vector's lanes that read padding (or
+lie past the row) masked off with constant masks (masked loads read nothing they are not asked
+to, so a row at the end of a buffer is safe). Rows: blocks of ``H`` rows in a loop, an input row
+outside the image skips its loads and products; the last ``out_h % H`` rows are one more block.
+A 1x1, stride-1, unpadded conv is one row of ``OH * OW`` positions.
+
+Epilogue in registers: the bias is the accumulators' initial value; a residual of the output's
+shape is added, then the activation, and the vectors are stored (the last one of a row masked).
+Output channels past the layer's (the padded ``R`` block) are computed and not stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from llvmlite import ir
+
+from ...ir import Node, shape_product
+from .activations import VECTOR_ACTIVATIONS, activate
+from .codegen import F32, KernelBuilder
+from .conv import Geometry2D, conv_parts
+
+I1 = ir.IntType(1)
+I32 = ir.IntType(32)
+
+
+@dataclass(frozen=True)
+class SpatialBlocking:
+    lanes: int   # L: outputs per vector
+    R: int       # output channels per block
+    H: int       # output rows per block
+    V: int       # vectors per row in a tile
+
+    @property
+    def tile(self) -> int:
+        return self.V * self.lanes
+
+
+def flat_geometry(g: Geometry2D) -> Geometry2D:
+    """A 1x1, stride-1, unpadded conv as one row over the whole plane (else ``g``)."""
+    if (g.k_h, g.k_w, g.s_h, g.s_w, g.p_top, g.p_left) == (1, 1, 1, 1, 0, 0) and \
+            (g.out_h, g.out_w) == (g.in_h, g.in_w):
+        n = g.in_h * g.in_w
+        return Geometry2D(1, n, 1, n, 1, 1, 1, 1, 1, 1, 0, 0)
+    return g
+
+
+def distinct_rows(g: Geometry2D, H: int) -> int:
+    return len({h * g.s_h + kh * g.d_h for h in range(H) for kh in range(g.k_h)})
+
+
+def block_cost(g: Geometry2D, icg: int, ocg: int, groups: int, L: int, R: int, H: int, V: int) -> float:
+    """Estimated cycles of the layer (per image) with this blocking. Per block and input channel:
+    every FMA reads its broadcast weight from memory (LLVM hoists the broadcasts out of the loops
+    and spills them), so the loads (those weights plus the input vectors; stride 2: two loads and a
+    shuffle per vector) over two ports bound the time; plus loop and epilogue overheads. The block
+    count includes what padding the channels, rows and columns to ``R``, ``H`` and ``V * L`` wastes."""
+    ls = 1 if g.s_w == 1 else 3
+    rows = distinct_rows(g, H)
+    fma = R * H * V * g.k_h * g.k_w
+    loads = fma + V * ls * rows * g.k_w
+    vec_row = -(-g.out_w // L)
+    blocks = groups * -(-ocg // R) * -(-g.out_h // H) * -(-vec_row // V)
+    return blocks * (icg * (loads / 2 + 3) + R * H * V + 4)
+
+
+def simd_cost(node: Node, lanes: int, registers: int) -> float:
+    """The same estimate for ``conv_simd.SimdConv`` (vectors over output channels): per tile and
+    input channel, the broadcast inputs and the weight vectors over two load ports (or the FMAs
+    where more), then a scalar transposing store per output element."""
+    from .conv_simd import choose_blocking
+
+    parts, g = conv_parts(node)
+    out_channels, channels = parts.w.type.shape[0], parts.x.type.shape[1]
+    blk = choose_blocking(out_channels, g.out_w, lanes, registers)
+    groups = -(-blk.oc_blocks // blk.blocks)
+    taps = g.k_h * g.k_w
+    tiles = -(-g.out_w // blk.tile)
+    fma, loads = blk.tile * blk.blocks * taps, blk.tile * taps + blk.blocks * taps
+    return groups * g.out_h * (tiles * channels * (max(fma, loads) / 2 + 3) + g.out_w * blk.group_width)
+
+
+def choose_spatial_blocking(g: Geometry2D, icg: int, ocg: int, groups: int, lanes: int,
+                            registers: int) -> SpatialBlocking:
+    L = lanes
+    while L > 4 and L // 2 >= g.out_w:
+        L //= 2  # a row narrower than half a vector: half-width vectors, same instruction count
+    budget = 24 if registers >= 32 else 11
+    vec_row = -(-g.out_w // L)
+    best, best_cost = None, None
+    for R in range(1, min(ocg, 8) + 1):
+        for H in range(1, min(g.out_h, 8) + 1):
+            for V in range(1, min(vec_row, 6) + 1):
+                if R * H * V > budget or V * (2 if g.s_w == 2 else 1) + R * H * V > registers - 1:
+                    continue
+                if distinct_rows(g, H) * g.k_w * R * H * V > 4096:
+                    continue  # code size
+                cost = block_cost(g, icg, ocg, groups, L, R, H, V)
+                if best_cost is None or cost < best_cost - 1e-9:
+                    best, best_cost = SpatialBlocking(L, R, H, V), cost
+    return best
+
+
+def spatial_supported(node: Node, lanes: int) -> bool:
+    """Whether this kernel handles the conv: 1-D or 2-D, constant weights and bias, column stride
+    1 or 2, a vector activation, a residual only of the output's own shape, no fused pooling."""
+    x, w = node.inputs[0], node.inputs[1]
+    if lanes < 4 or len(x.type.shape) not in (3, 4) or not w.is_const:
+        return False
+    if len(node.inputs) > 2 and node.inputs[2] is not None and not node.inputs[2].is_const:
+        return False
+    if node.attr("pool_kernel") is not None:
+        return False
+    activation = node.attr("activation", "")
+    if activation and activation not in VECTOR_ACTIVATIONS:
+        return False
+    parts, g = conv_parts(node)
+    if g.s_w not in (1, 2):
+        return False
+    if parts.residual is not None and tuple(parts.residual.type.shape) != tuple(parts.conv_shape):
+        return False
+    return g.out_h > 0 and g.out_w > 0
+
+
+def spatial_cost(node: Node, lanes: int, registers: int) -> float:
+    parts, g = conv_parts(node)
+    g = flat_geometry(g)
+    group = node.attr("group", 1)
+    icg, ocg = parts.x.type.shape[1] // group, parts.w.type.shape[0] // group
+    blk = choose_spatial_blocking(g, icg, ocg, group, lanes, registers)
+    return block_cost(g, icg, ocg, group, blk.lanes, blk.R, blk.H, blk.V)
+
+
+def pack_spatial_weights(w: np.ndarray, group: int, R: int) -> np.ndarray:
+    """[OC, ICg, KH, KW] (or 1-D) -> [group][ceil(OCg/R)][ICg][KH][KW][R], zero-padded."""
+    w4 = w.reshape(w.shape[:2] + (1,) * (4 - w.ndim) + w.shape[2:]) if w.ndim < 4 else w
+    oc, icg, kh, kw = w4.shape
+    ocg = oc // group
+    blocks = -(-ocg // R)
+    padded = np.zeros((group, blocks * R, icg, kh, kw), np.float32)
+    padded[:, :ocg] = w4.reshape(group, ocg, icg, kh, kw)
+    packed = padded.reshape(group, blocks, R, icg, kh, kw).transpose(0, 1, 3, 4, 5, 2)
+    return np.ascontiguousarray(packed).reshape(-1)
+
+
+def pack_spatial_bias(bias, out_channels: int, group: int, R: int) -> np.ndarray:
+    ocg = out_channels // group
+    blocks = -(-ocg // R)
+    padded = np.zeros((group, blocks * R), np.float32)
+    if bias is not None:
+        padded[:, :ocg] = np.asarray(bias, np.float32).reshape(group, ocg)
+    return padded.reshape(-1)
+
+
+def _intrinsic(k: KernelBuilder, name: str, fnty: ir.FunctionType):
+    fn = k.module.globals.get(name)
+    return fn if fn is not None else ir.Function(k.module, fnty, name)
+
+
+def masked_load(k: KernelBuilder, ptr, offset, mask: list[bool], L: int) -> ir.Value:
+    """``L`` floats from ``ptr + offset``, the lanes off in the constant ``mask`` zero and not read."""
+    vec = ir.VectorType(F32, L)
+    if all(mask):
+        return k.vload(ptr, offset, L)
+    if not any(mask):
+        return ir.Constant(vec, [0.0] * L)
+    mvec = ir.VectorType(I1, L)
+    fn = _intrinsic(k, f"llvm.masked.load.v{L}f32.p0", ir.FunctionType(vec, [vec.as_pointer(), I32, mvec, vec]))
+    vptr = k.b.bitcast(k.b.gep(ptr, [k.i64(offset)]), vec.as_pointer())
+    return k.b.call(fn, [vptr, ir.Constant(I32, 4), ir.Constant(mvec, [int(m) for m in mask]),
+                         ir.Constant(vec, [0.0] * L)])
+
+
+def masked_store(k: KernelBuilder, value, ptr, offset, mask: list[bool], L: int) -> None:
+    """``value`` to ``ptr + offset``, only the lanes on in the constant ``mask``."""
+    if all(mask):
+        k.vstore(value, ptr, offset)
+        return
+    if not any(mask):
+        return
+    vec = ir.VectorType(F32, L)
+    mvec = ir.VectorType(I1, L)
+    fn = _intrinsic(k, f"llvm.masked.store.v{L}f32.p0",
+                    ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), I32, mvec]))
+    vptr = k.b.bitcast(k.b.gep(ptr, [k.i64(offset)]), vec.as_pointer())
+    k.b.call(fn, [value, vptr, ir.Constant(I32, 4), ir.Constant(mvec, [int(m) for m in mask])])
+
+
+class SpatialConv:
+    """Emits one Conv/FusedConv with the position-vectorized kernel."""
+
+    def __init__(self, k: KernelBuilder, node: Node, lanes: int, registers: int):
+        self.k, self.node = k, node
+        self.parts, g = conv_parts(node)
+        self.g = flat_geometry(g)
+        self.group = node.attr("group", 1)
+        self.channels = self.parts.x.type.shape[1]
+        self.out_channels = self.parts.w.type.shape[0]
+        self.icg, self.ocg = self.channels // self.group, self.out_channels // self.group
+        self.blk = choose_spatial_blocking(self.g, self.icg, self.ocg, self.group, lanes, registers)
+        self.L = self.blk.lanes
+        self.vec = ir.VectorType(F32, self.L)
+        self.oc_blocks = -(-self.ocg // self.blk.R)
+        self.weights = k.constant(f"{node.name}.spatial", pack_spatial_weights(self.parts.w.const, self.group,
+                                                                              self.blk.R))
+        bias = self.parts.bias.const if self.parts.bias is not None else None
+        self.bias = k.constant(f"{node.name}.spatial_bias", pack_spatial_bias(bias, self.out_channels, self.group,
+                                                                             self.blk.R))
+
+    def masked_load(self, ptr, offset, mask: list[bool]) -> ir.Value:
+        return masked_load(self.k, ptr, offset, mask, self.L)
+
+    def masked_store(self, value, ptr, offset, mask: list[bool]) -> None:
+        masked_store(self.k, value, ptr, offset, mask, self.L)
+
+    # -- input vectors ---------------------------------------------------------------------------
+    def input_vector(self, row, col, static_col) -> ir.Value | None:
+        """Inputs ``row[col + j * s_w]`` for the ``L`` lanes ``j``; ``static_col`` (an int) when the
+        column is known at compile time (an edge tile: padded lanes are masked), else ``None``
+        (an interior tile: every lane is real input). ``None`` when every lane is padding."""
+        k, g, L = self.k, self.g, self.L
+        b = k.b
+        span = L * g.s_w
+        if static_col is not None:
+            valid = [0 <= static_col + i < g.in_w for i in range(span)]
+            if g.s_w == 1:
+                if not any(valid):
+                    return None
+                return self.masked_load(row, col, valid)
+            needed = [valid[2 * j] for j in range(L)]
+            if not any(needed):
+                return None
+            lo = self.masked_load(row, col, [valid[i] and i % 2 == 0 for i in range(L)])
+            hi = self.masked_load(row, b.add(col, k.i64(L)), [valid[L + i] and i % 2 == 0 for i in range(L)])
+        else:
+            if g.s_w == 1:
+                return k.vload(row, col, L)
+            lo = k.vload(row, col, L)
+            hi = k.vload(row, b.add(col, k.i64(L)), L)
+        return b.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, L), [2 * j for j in range(L)]))
+
+    # -- one tile: R channels x H rows x V vectors -------------------------------------------------
+    def emit_tile(self, n, grp, ob, oh0, H: int, ow0, nvec: int, width: int, static_ow0) -> None:
+        """Outputs ``[ow0, ow0 + width)`` of rows ``oh0 .. oh0 + H - 1`` for the block's channels
+        (``nvec`` vectors per row); ``static_ow0`` is ``ow0`` as an int for an edge tile."""
+        k, g, blk, L = self.k, self.g, self.blk, self.L
+        b = k.b
+        R = blk.R
+        bias_at = b.mul(b.add(b.mul(grp, k.i64(self.oc_blocks)), ob), k.i64(R))
+        init = [k.splat(k.load(self.bias, b.add(bias_at, k.i64(r))), L) for r in range(R)]
+        acc = [[[k.scalar_slot(init[r]) for _ in range(nvec)] for _ in range(H)] for r in range(R)]
+        # input rows the block reads, each with the (output row, kernel row) pairs that read it
+        users: dict[int, list[tuple[int, int]]] = {}
+        for h in range(H):
+            for kh in range(g.k_h):
+                users.setdefault(h * g.s_h + kh * g.d_h, []).append((h, kh))
+        taps = g.k_h * g.k_w
+        w_block = b.mul(b.add(b.mul(grp, k.i64(self.oc_blocks)), ob), k.i64(self.icg * taps * R))
+        first_in = b.mul(grp, k.i64(self.icg))
+        xp = k.ptr(self.parts.x)
+        for off in sorted(users):
+            ih = b.sub(b.add(b.mul(oh0, k.i64(g.s_h)), k.i64(off)), k.i64(g.p_top))
+            with b.if_then(k.in_range(ih, g.in_h)):
+                with k.loop(self.icg, name="ic") as ic:
+                    row = b.gep(xp, [k.linear([n, b.add(first_in, ic), ih, 0],
+                                              [None, self.channels, g.in_h, g.in_w])])
+                    w_ic = b.add(w_block, b.mul(ic, k.i64(taps * R)))
+                    for kw in range(g.k_w):
+                        shift = kw * g.d_w - g.p_left
+                        xs = []
+                        for v in range(nvec):
+                            if static_ow0 is not None:
+                                sc = (static_ow0 + v * L) * g.s_w + shift
+                                xs.append(self.input_vector(row, k.i64(sc), sc))
+                            else:
+                                col = b.add(b.mul(b.add(ow0, k.i64(v * L)), k.i64(g.s_w)), k.i64(shift))
+                                xs.append(self.input_vector(row, col, None))
+                        if all(x is None for x in xs):
+                            continue
+                        for h, kh in users[off]:
+                            wt = b.add(w_ic, k.i64((kh * g.k_w + kw) * R))
+                            for r in range(R):
+                                wv = k.splat(k.load(self.weights, b.add(wt, k.i64(r))), L)
+                                for v in range(nvec):
+                                    if xs[v] is not None:
+                                        slot = acc[r][h][v]
+                                        b.store(k.fma(xs[v], wv, b.load(slot)), slot)
+        self.epilogue(n, grp, ob, oh0, H, ow0, nvec, width, acc)
+
+    def epilogue(self, n, grp, ob, oh0, H, ow0, nvec, width, acc) -> None:
+        k, g, L = self.k, self.g, self.L
+        b = k.b
+        y = k.ptr(self.node.outputs[0])
+        residual = k.ptr(self.parts.residual) if self.parts.residual is not None else None
+        for r in range(self.blk.R):
+            local = b.add(b.mul(ob, k.i64(self.blk.R)), k.i64(r))
+            channel = b.add(b.mul(grp, k.i64(self.ocg)), local)
+            with b.if_then(b.icmp_signed("<", local, k.i64(self.ocg))) if self.ocg % self.blk.R else _nothing():
+                for h in range(H):
+                    base = k.linear([n, channel, b.add(oh0, k.i64(h)), ow0], [None, self.out_channels, g.out_h, g.out_w])
+                    for v in range(nvec):
+                        mask = [v * L + j < width for j in range(L)]
+                        at = b.add(base, k.i64(v * L))
+                        value = b.load(acc[r][h][v])
+                        if residual is not None:
+                            value = b.fadd(value, self.masked_load(residual, at, mask))
+                        value = activate(k, self.parts.activation, value, self.parts.activation_params)
+                        self.masked_store(value, y, at, mask)
+
+    # -- rows and columns --------------------------------------------------------------------------
+    def interior_tiles(self) -> tuple[int, int]:
+        """``(first, count)``: tiles of ``V * L`` outputs from ``first`` on that read no padding and
+        end inside the row (``first`` is a multiple of the tile, so the edge tile before is whole)."""
+        g, T = self.g, self.blk.tile
+        lo = -(-g.p_left // g.s_w)
+        first = -(-lo // T) * T
+        # last start s with (s + T - 1) * s_w + (k_w - 1) * d_w - p_left + s_w - 1 <= in_w - 1
+        last_in = (g.in_w - g.s_w - (g.k_w - 1) * g.d_w + g.p_left) // g.s_w - T + 1
+        last = min(last_in, g.out_w - T)
+        if last < first:
+            return first, 0
+        return first, (last - first) // T + 1
+
+    def emit_row_block(self, n, grp, ob, oh0, H: int) -> None:
+        k, g, T, L = self.k, self.g, self.blk.tile, self.L
+        first, count = self.interior_tiles()
+        starts = list(range(0, min(first, g.out_w), T)) if count else []
+        for s in starts:
+            self.emit_tile(n, grp, ob, oh0, H, k.i64(s), self.blk.V, min(T, g.out_w - s), s)
+        if count:
+            with k.loop(count, name="tile") as t:
+                ow0 = k.b.add(k.i64(first), k.b.mul(t, k.i64(T)))
+                self.emit_tile(n, grp, ob, oh0, H, ow0, self.blk.V, T, None)
+        rest = first + count * T if count else 0
+        for s in range(rest, g.out_w, T):
+            width = min(T, g.out_w - s)
+            self.emit_tile(n, grp, ob, oh0, H, k.i64(s), -(-width // L), width, s)
+
+    def emit(self) -> None:
+        k, g, blk = self.k, self.g, self.blk
+        b = k.b
+        per_image = self.group * self.oc_blocks
+        work = g.out_h * g.out_w * blk.R * self.icg * g.k_h * g.k_w
+        with k.parallel_loop(shape_product([self.parts.x.type.shape[0], per_image]), work) as i:
+            n, rest = b.udiv(i, k.i64(per_image)), b.urem(i, k.i64(per_image))
+            grp, ob = b.udiv(rest, k.i64(self.oc_blocks)), b.urem(rest, k.i64(self.oc_blocks))
+            full = g.out_h // blk.H
+            if full:
+                with k.loop(full, name="rows") as rb:
+                    self.emit_row_block(n, grp, ob, b.mul(rb, k.i64(blk.H)), blk.H)
+            if g.out_h % blk.H:
+                self.emit_row_block(n, grp, ob, k.i64(full * blk.H), g.out_h % blk.H)
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
