@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=_int_list, default=[1])
     b.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per measurement")
     b.add_argument("--target", default="cpu", choices=("cpu", "ort"), help="what lepton runs the model with")
+    b.add_argument("--isolate", choices=("auto", "always", "never"), default="auto",
+                   help="time each engine in its own process, blocks alternating while the other waits idle: "
+                   "always, never (one process, rounds interleaved), or auto (rows with more than one thread; "
+                   "the default)")
+    b.add_argument("--ort-spinning", choices=("on", "off"), help="ONNX Runtime's session.intra_op.allow_spinning: "
+                   "whether its intra-op threads spin after a run (default: ORT's own, on)")
     _ort_arguments(b)
     from .quantize.calibration import METHODS
     b.add_argument("--quantize", choices=("int8",), help="time lepton int8 next to lepton fp32, ONNX Runtime fp32 "
@@ -287,7 +293,7 @@ def cmd_run(args) -> int:
 def cmd_bench(args) -> int:
     from . import api
     from .backends.llvm.target import host_target
-    from .bench import compare, fma_peak_gflops, format_table
+    from .bench import compare, fma_peak_gflops, format_table, timing_note
     from .demo import bundled_model_path
     from .frontends.onnx import load_onnx
 
@@ -296,15 +302,21 @@ def cmd_bench(args) -> int:
     if args.quantize or args.calibration or args.calibration_method:
         return _bench_int8(args, path, model_bytes)
     peak = fma_peak_gflops()
+    busy: list = []
     rows = compare(model_bytes, lambda t: api.compile(model_bytes, target=args.target, threads=t,
                                                       **_ort_kwargs(args)),
-                   args.batch, args.threads, args.min_time, peak)
+                   args.batch, args.threads, args.min_time, peak, args.isolate, _ort_spinning(args), busy)
     print(f"model: {path} ({rows[0].macs_per_image:,} multiply-adds per image)")
     print(f"cpu: {host_target().cpu}, measured FMA peak {peak:.0f} GFLOP/s per core")
+    print(timing_note(rows, _ort_spinning(args), busy))
     print(format_table(rows))
-    print("ORT/lepton > 1 means lepton is faster; medians of 9 interleaved rounds, same process, same inputs;"
-          " % peak is of the cores in use.")
+    print("ORT/lepton > 1 means lepton is faster; same inputs; % peak is of the cores in use.")
     return 0
+
+
+def _ort_spinning(args) -> Optional[bool]:
+    """bench --ort-spinning: True, False, or None for ONNX Runtime's default."""
+    return None if args.ort_spinning is None else args.ort_spinning == "on"
 
 
 def _bench_int8(args, path: str, model_bytes: bytes) -> int:
@@ -332,7 +344,7 @@ def _bench_int8(args, path: str, model_bytes: bytes) -> int:
     x, labels = mnist_test_images()
     test = ({graph.inputs[0].name: x}, labels) if bundled else None
     text = int8_benchmark(model_bytes, calibration, args.batch, args.threads, args.min_time,
-                          args.calibration_method, test, source)
+                          args.calibration_method, test, source, args.isolate, _ort_spinning(args))
     print(f"model: {path} ({macs_per_image(optimize_graph(graph.copy(), 0)):,} multiply-adds per image)")
     print(f"cpu: {host_target().cpu}")
     print(text)
