@@ -155,15 +155,47 @@ def test_default_choice_uses_the_spatial_kernel_where_it_pays():
     check(model, [16, 20, 20])
 
 
-def test_spatial_refuses_fused_pooling():
-    rng = np.random.default_rng(0)
-    nodes = [helper.make_node("Conv", ["X", "W"], ["C"], pads=[1, 1, 1, 1]),
-             helper.make_node("MaxPool", ["C"], ["Y"], kernel_shape=[2, 2], strides=[2, 2])]
-    model = make_model(nodes, [("X", ["N", 4, 10, 10])], [("Y", None)],
-                       {"W": rng.standard_normal((8, 4, 3, 3)).astype(np.float32)})
+POOLED_CASES = [
+    # cin, cout, size, k, stride, pad, act, pool kernel, pool stride, pool pad, ceil_mode
+    (3, 16, (61, 67), 7, 2, 3, "Relu", 3, 2, 1, 0),    # the ResNet stem
+    (3, 16, (47, 47), 3, 2, 0, "Relu", 3, 2, 0, 1),    # the SqueezeNet stem (ceil mode)
+    (5, 7, (20, 21), 3, 1, 1, None, 2, 2, 0, 0),       # channels past a block, odd width
+    (4, 9, (13, 70), 3, 1, 1, "Relu", 3, 1, 1, 0),     # pool stride 1, long rows
+    (6, 10, (15, 9), 3, 2, 1, "HardSwish", 2, 2, 0, 1),
+]
+
+
+def pooled_model(cin, cout, size, k, stride, pad, act, pk, ps, pp, ceil, seed=0):
+    rng = np.random.default_rng(seed)
+    inits = {"W": (rng.standard_normal((cout, cin, k, k)) / np.sqrt(cin * k * k)).astype(np.float32),
+             "B": rng.standard_normal(cout).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["X", "W", "B"], ["C"], strides=[stride] * 2, pads=[pad] * 4)]
+    out = "C"
+    if act:
+        nodes.append(helper.make_node(act, ["C"], ["A"]))
+        out = "A"
+    nodes.append(helper.make_node("MaxPool", [out], ["Y"], kernel_shape=[pk, pk], strides=[ps, ps], pads=[pp] * 4,
+                                  ceil_mode=ceil))
+    return make_model(nodes, [("X", ["N", cin] + list(size))], [("Y", None)], inits)
+
+
+@pytest.mark.parametrize("level", [None, "x86-64-v3", "x86-64-v2"])
+@pytest.mark.parametrize("case", POOLED_CASES, ids=lambda c: f"{c[0]}x{c[1]}_{'x'.join(map(str, c[2]))}_k{c[3]}s{c[4]}_pool{c[7]}s{c[8]}")
+def test_spatial_conv_with_fused_max_pool(case, level, forced):
+    forced("spatial")
+    model = pooled_model(*case)
     graph = optimize_graph(import_model(model.SerializeToString()), 3)
-    node = next(n for n in graph.nodes if n.op == "FusedConv")
-    assert not spatial_supported(node, 16)
+    (node,) = [n for n in graph.nodes if n.op in ("Conv", "FusedConv")]
+    assert node.attr("pool_kernel") is not None and spatial_supported(node, 16)
+    check(model, [case[0]] + list(case[2]), batches=(1, 3), mcpu=level)
+
+
+def test_pooled_choice_depends_on_row_length():
+    for size, want in (((224, 224), "spatial"), ((40, 40), "simd")):
+        model = pooled_model(3, 16, size, 7, 2, 3, "Relu", 3, 2, 1, 0)
+        graph = optimize_graph(import_model(model.SerializeToString()), 3)
+        (node,) = [n for n in graph.nodes if n.op == "FusedConv"]
+        assert conv.choose_conv_kernel(node, 16, 32) == want
 
 
 # -- ConvTranspose ---------------------------------------------------------------------------------
@@ -205,3 +237,55 @@ def test_conv_transpose_threads():
     model = conv_transpose_model(64, 32, (40, 44), 2, 2)
     for threads in (1, 2):
         check(model, [64, 40, 44], batches=(1, 2), threads=threads)
+
+
+# -- vector MaxPool, global pooling and trailing-axis reductions -------------------------------------
+MAXPOOL_CASES = [
+    # size, kernel, stride, pads, ceil_mode, dilation
+    ((11, 11), 3, 2, [0, 0, 0, 0], 1, 1),      # SqueezeNet's
+    ((112, 112), 3, 2, [1, 1, 1, 1], 0, 1),    # ResNet's
+    ((16, 20), 2, 2, [0, 0, 0, 0], 0, 1),      # U-Net's
+    ((9, 37), 3, 1, [1, 0, 1, 2], 0, 1),       # stride 1, asymmetric pads
+    ((13, 23), 2, 2, [1, 1, 0, 0], 1, 2),      # dilated, ceil mode
+    ((41,), 4, 2, [1, 2], 0, 1),               # 1-D
+    ((10, 10), 3, 3, [0, 0, 0, 0], 0, 1),      # stride 3: the scalar kernel
+]
+
+
+@pytest.mark.parametrize("level", [None, "x86-64-v3", "x86-64-v2"])
+@pytest.mark.parametrize("case", MAXPOOL_CASES, ids=lambda c: f"{'x'.join(map(str, c[0]))}_k{c[1]}s{c[2]}")
+def test_maxpool_matches_ort(case, level):
+    size, kernel, stride, pads, ceil, dilation = case
+    nd = len(size)
+    node = helper.make_node("MaxPool", ["X"], ["Y"], kernel_shape=[kernel] * nd, strides=[stride] * nd, pads=pads,
+                            ceil_mode=ceil, dilations=[dilation] * nd)
+    model = make_model([node], [("X", ["N", 5] + list(size))], [("Y", None)])
+    check(model, [5] + list(size), batches=(1, 3), mcpu=level)
+
+
+def test_maxpool_propagates_nan():
+    node = helper.make_node("MaxPool", ["X"], ["Y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    model = make_model([node], [("X", ["N", 2, 9, 40])], [("Y", None)])
+    x = np.random.default_rng(0).standard_normal((1, 2, 9, 40)).astype(np.float32)
+    x[0, 0, 4, 17] = np.nan
+    got = lc.compile(model).run(None, {"X": x})[0]
+    assert np.isnan(got[0, 0, 2, 8]) and np.isnan(got[0, 0, 2, 9])
+    assert np.isnan(got).sum() == 2  # the windows of (2, 8) and (2, 9) hold (4, 17)
+    np.testing.assert_array_equal(got[0, 1], ort_run(model, {"X": x})[0][0, 1])
+
+
+@pytest.mark.parametrize("level", [None, "x86-64-v3", "x86-64-v2"])
+@pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "ReduceSum"])
+@pytest.mark.parametrize("size", [(1, 1), (5, 5), (8, 8), (15, 16), (56, 57)])
+def test_plane_reductions_match_ort(op, size, level):
+    attrs = {"keepdims": 0} if op.startswith("Reduce") else {}
+    inputs = ["X"]
+    inits = {}
+    if op == "ReduceSum":
+        inits["axes"] = np.array([2, 3], np.int64)
+        inputs.append("axes")
+    elif op.startswith("Reduce"):
+        attrs["axes"] = [2, 3]
+    model = make_model([helper.make_node(op, inputs, ["Y"], **attrs)], [("X", ["N", 7] + list(size))], [("Y", None)],
+                       inits)
+    check(model, [7] + list(size), batches=(1, 3), mcpu=level)

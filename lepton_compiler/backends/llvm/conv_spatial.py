@@ -31,6 +31,8 @@ import numpy as np
 from llvmlite import ir
 
 from ...ir import Node, shape_product
+from ...ops.fused import conv_output_type, pool_node
+from ...ops.nn import pool_window
 from .activations import VECTOR_ACTIVATIONS, activate
 from .codegen import F32, KernelBuilder
 from .conv import Geometry2D, conv_parts
@@ -103,7 +105,7 @@ def choose_spatial_blocking(g: Geometry2D, icg: int, ocg: int, groups: int, lane
     budget = 24 if registers >= 32 else 11
     vec_row = -(-g.out_w // L)
     best, best_cost = None, None
-    for R in range(1, min(ocg, 8) + 1):
+    for R in range(1, min(ocg, 16) + 1):
         for H in range(1, min(g.out_h, 8) + 1):
             for V in range(1, min(vec_row, 6) + 1):
                 if R * H * V > budget or V * (2 if g.s_w == 2 else 1) + R * H * V > registers - 1:
@@ -124,8 +126,6 @@ def spatial_supported(node: Node, lanes: int) -> bool:
         return False
     if len(node.inputs) > 2 and node.inputs[2] is not None and not node.inputs[2].is_const:
         return False
-    if node.attr("pool_kernel") is not None:
-        return False
     activation = node.attr("activation", "")
     if activation and activation not in VECTOR_ACTIVATIONS:
         return False
@@ -134,16 +134,56 @@ def spatial_supported(node: Node, lanes: int) -> bool:
         return False
     if parts.residual is not None and tuple(parts.residual.type.shape) != tuple(parts.conv_shape):
         return False
+    if node.attr("pool_kernel") is not None:
+        p = pool_geometry(node, parts)
+        if parts.residual is not None or p.s_w not in (1, 2) or band_bytes(g, p, 16, lanes, 1) > MAX_BAND_BYTES:
+            return False
     return g.out_h > 0 and g.out_w > 0
+
+
+MAX_BAND_BYTES = 128 * 1024
+"""The stack buffer of a pooled layer's conv rows stays below this."""
+
+
+def pool_geometry(node: Node, parts) -> Geometry2D:
+    return Geometry2D.of(node, parts.conv_shape[2:], pool_window(pool_node(node, conv_output_type(node))))
+
+
+def band_shape(g: Geometry2D, p: Geometry2D, lanes: int, P: int) -> tuple[int, int]:
+    """(rows, width) of the band buffer for ``P`` pooled rows."""
+    rows = (P - 1) * p.s_h + (p.k_h - 1) * p.d_h + 1
+    right = max(0, (p.out_w - 1) * p.s_w + (p.k_w - 1) * p.d_w - p.p_left - (g.out_w - 1))
+    return rows, p.p_left + g.out_w + right + 2 * lanes
+
+
+def band_bytes(g: Geometry2D, p: Geometry2D, R: int, lanes: int, P: int) -> int:
+    rows, width = band_shape(g, p, lanes, P)
+    return 4 * R * rows * width
+
+
+def band_pooled_rows(g: Geometry2D, p: Geometry2D, R: int, lanes: int) -> int:
+    """Pooled rows per band: up to 8, evenly split, within ``MAX_BAND_BYTES``."""
+    bands = -(-p.out_h // 8)
+    P = -(-p.out_h // bands)
+    while P > 1 and band_bytes(g, p, R, lanes, P) > MAX_BAND_BYTES:
+        P -= 1
+    return P
 
 
 def spatial_cost(node: Node, lanes: int, registers: int) -> float:
     parts, g = conv_parts(node)
-    g = flat_geometry(g)
+    pooled = node.attr("pool_kernel") is not None
+    g = g if pooled else flat_geometry(g)
     group = node.attr("group", 1)
     icg, ocg = parts.x.type.shape[1] // group, parts.w.type.shape[0] // group
     blk = choose_spatial_blocking(g, icg, ocg, group, lanes, registers)
-    return block_cost(g, icg, ocg, group, blk.lanes, blk.R, blk.H, blk.V)
+    cost = block_cost(g, icg, ocg, group, blk.lanes, blk.R, blk.H, blk.V)
+    if pooled:  # bands recompute the rows they share
+        p = pool_geometry(node, parts)
+        P = band_pooled_rows(g, p, blk.R, blk.lanes)
+        rows, _ = band_shape(g, p, blk.lanes, P)
+        cost *= rows * -(-p.out_h // P) / g.out_h
+    return cost
 
 
 def pack_spatial_weights(w: np.ndarray, group: int, R: int) -> np.ndarray:
@@ -201,13 +241,22 @@ def masked_store(k: KernelBuilder, value, ptr, offset, mask: list[bool], L: int)
     k.b.call(fn, [value, vptr, ir.Constant(I32, 4), ir.Constant(mvec, [int(m) for m in mask])])
 
 
+def launder(k: KernelBuilder, ptr: ir.Value) -> ir.Value:
+    """``ptr`` through an empty inline asm the optimizer cannot see through: loads from it are not
+    hoisted out of the loop it is emitted in. Without it, in a layer with few input channels
+    (whose channel loop LLVM unrolls) every weight broadcast of the layer was hoisted out of the
+    tile loops and spilled, and each FMA then read a whole vector from a stack bigger than L1."""
+    fnty = ir.FunctionType(ptr.type, [ptr.type])
+    return k.b.call(ir.InlineAsm(fnty, "", "=r,0", side_effect=True), [ptr])
+
+
 class SpatialConv:
     """Emits one Conv/FusedConv with the position-vectorized kernel."""
 
     def __init__(self, k: KernelBuilder, node: Node, lanes: int, registers: int):
         self.k, self.node = k, node
         self.parts, g = conv_parts(node)
-        self.g = flat_geometry(g)
+        self.g = g if node.attr("pool_kernel") is not None else flat_geometry(g)
         self.group = node.attr("group", 1)
         self.channels = self.parts.x.type.shape[1]
         self.out_channels = self.parts.w.type.shape[0]
@@ -219,6 +268,10 @@ class SpatialConv:
         self.weights = k.constant(f"{node.name}.spatial", pack_spatial_weights(self.parts.w.const, self.group,
                                                                               self.blk.R))
         bias = self.parts.bias.const if self.parts.bias is not None else None
+        self.band = None
+        self.pool = None
+        if node.attr("pool_kernel") is not None:
+            self.pool = pool_geometry(node, self.parts)
         self.bias = k.constant(f"{node.name}.spatial_bias", pack_spatial_bias(bias, self.out_channels, self.group,
                                                                              self.blk.R))
 
@@ -270,6 +323,7 @@ class SpatialConv:
             for kh in range(g.k_h):
                 users.setdefault(h * g.s_h + kh * g.d_h, []).append((h, kh))
         taps = g.k_h * g.k_w
+        weights = launder(k, self.weights)
         w_block = b.mul(b.add(b.mul(grp, k.i64(self.oc_blocks)), ob), k.i64(self.icg * taps * R))
         first_in = b.mul(grp, k.i64(self.icg))
         xp = k.ptr(self.parts.x)
@@ -295,7 +349,7 @@ class SpatialConv:
                         for h, kh in users[off]:
                             wt = b.add(w_ic, k.i64((kh * g.k_w + kw) * R))
                             for r in range(R):
-                                wv = k.splat(k.load(self.weights, b.add(wt, k.i64(r))), L)
+                                wv = k.splat(k.load(weights, b.add(wt, k.i64(r))), L)
                                 for v in range(nvec):
                                     if xs[v] is not None:
                                         slot = acc[r][h][v]
@@ -310,9 +364,17 @@ class SpatialConv:
         for r in range(self.blk.R):
             local = b.add(b.mul(ob, k.i64(self.blk.R)), k.i64(r))
             channel = b.add(b.mul(grp, k.i64(self.ocg)), local)
-            with b.if_then(b.icmp_signed("<", local, k.i64(self.ocg))) if self.ocg % self.blk.R else _nothing():
+            if self.band is not None:  # a pooled layer: rows go to the band buffer
+                y, row0 = self.band.buffer, self.band.row0
+            with b.if_then(b.icmp_signed("<", local, k.i64(self.ocg))) if self.ocg % self.blk.R and self.band is None \
+                    else _nothing():
                 for h in range(H):
-                    base = k.linear([n, channel, b.add(oh0, k.i64(h)), ow0], [None, self.out_channels, g.out_h, g.out_w])
+                    if self.band is None:
+                        base = k.linear([n, channel, b.add(oh0, k.i64(h)), ow0],
+                                        [None, self.out_channels, g.out_h, g.out_w])
+                    else:
+                        base = b.add(b.add(b.mul(b.sub(b.add(oh0, k.i64(h)), row0), k.i64(self.band.width)),
+                                           k.i64(r * self.band.rows * self.band.width + self.band.left)), ow0)
                     for v in range(nvec):
                         mask = [v * L + j < width for j in range(L)]
                         at = b.add(base, k.i64(v * L))
@@ -356,15 +418,105 @@ class SpatialConv:
         b = k.b
         per_image = self.group * self.oc_blocks
         work = g.out_h * g.out_w * blk.R * self.icg * g.k_h * g.k_w
+        if self.pool is not None:
+            self.emit_pooled(per_image, work)
+            return
         with k.parallel_loop(shape_product([self.parts.x.type.shape[0], per_image]), work) as i:
             n, rest = b.udiv(i, k.i64(per_image)), b.urem(i, k.i64(per_image))
             grp, ob = b.udiv(rest, k.i64(self.oc_blocks)), b.urem(rest, k.i64(self.oc_blocks))
-            full = g.out_h // blk.H
-            if full:
-                with k.loop(full, name="rows") as rb:
-                    self.emit_row_block(n, grp, ob, b.mul(rb, k.i64(blk.H)), blk.H)
-            if g.out_h % blk.H:
-                self.emit_row_block(n, grp, ob, k.i64(full * blk.H), g.out_h % blk.H)
+            self.emit_rows(n, grp, ob, k.i64(0), g.out_h)
+
+    def emit_rows(self, n, grp, ob, first_row, count: int) -> None:
+        """Conv rows ``first_row .. first_row + count - 1`` in blocks of ``H``."""
+        k, blk = self.k, self.blk
+        b = k.b
+        full = count // blk.H
+        if full:
+            with k.loop(full, name="rows") as rb:
+                self.emit_row_block(n, grp, ob, b.add(first_row, b.mul(rb, k.i64(blk.H))), blk.H)
+        if count % blk.H:
+            self.emit_row_block(n, grp, ob, b.add(first_row, k.i64(full * blk.H)), count % blk.H)
+
+    # -- fused max pooling -------------------------------------------------------------------------
+    def emit_pooled(self, per_image: int, work: int) -> None:
+        """Bands of ``P`` pooled rows: the conv rows their windows read (``rows``, so a band
+        recomputes the rows it shares with the next) go to a stack buffer ``[R][rows][width]``
+        whose pool padding (columns, and rows outside the conv output) is -inf; then each pooled
+        row is the max of its window rows, vector by vector (stride 2: even lanes by shuffles)."""
+        k, g, p, blk, L = self.k, self.g, self.pool, self.blk, self.L
+        b = k.b
+        P = band_pooled_rows(g, p, blk.R, L)
+        bands = -(-p.out_h // P)
+        rows, width = band_shape(g, p, L, P)
+        buffer = k.stack_array(F32, blk.R * rows * width)
+        minus_inf = ir.Constant(self.vec, [float("-inf")] * L)
+        y = k.ptr(self.node.outputs[0])
+        with k.loop(blk.R * rows, name="padrow") as pr:  # the padding columns, once per call
+            row = b.gep(buffer, [b.mul(pr, k.i64(width))])
+            for c in list(range(p.p_left)) + list(range(p.p_left + g.out_w, width)):
+                k.store(k.f32(float("-inf")), row, c)
+        with k.parallel_loop(shape_product([self.parts.x.type.shape[0], per_image]), work) as i:
+            n, rest = b.udiv(i, k.i64(per_image)), b.urem(i, k.i64(per_image))
+            grp, ob = b.udiv(rest, k.i64(self.oc_blocks)), b.urem(rest, k.i64(self.oc_blocks))
+            with k.loop(bands, name="band") as band:
+                ph0 = b.mul(band, k.i64(P))
+                row0 = b.sub(b.mul(ph0, k.i64(p.s_h)), k.i64(p.p_top))
+                self.band = _Band(buffer, row0, rows, width, p.p_left)
+                self.emit_rows(n, grp, ob, row0, rows)
+                self.band = None
+                with k.loop(rows, name="edge") as j:  # rows outside the conv output: -inf
+                    with b.if_then(b.not_(k.in_range(b.add(row0, j), g.out_h))):
+                        for r in range(blk.R):
+                            dst = b.gep(buffer, [b.add(b.mul(j, k.i64(width)), k.i64(r * rows * width + p.p_left))])
+                            with k.loop(g.out_w, name="inf") as c:
+                                k.store(k.f32(float("-inf")), dst, c)
+                left = b.sub(k.i64(p.out_h), ph0)
+                count = b.select(b.icmp_signed("<", left, k.i64(P)), left, k.i64(P))
+                with k.loop(count, name="prow") as j:
+                    for r in range(blk.R):
+                        local = b.add(b.mul(ob, k.i64(blk.R)), k.i64(r))
+                        channel = b.add(b.mul(grp, k.i64(self.ocg)), local)
+                        guard = b.if_then(b.icmp_signed("<", local, k.i64(self.ocg))) if self.ocg % blk.R else _nothing()
+                        with guard:
+                            out = b.gep(y, [k.linear([n, channel, b.add(ph0, j), 0],
+                                                     [None, self.out_channels, p.out_h, p.out_w])])
+                            src = b.gep(buffer, [b.add(b.mul(b.mul(j, k.i64(p.s_h)), k.i64(width)),
+                                                       k.i64(r * rows * width))])
+                            self.emit_pool_row(src, out, width, minus_inf)
+
+    def emit_pool_row(self, src, out, width: int, minus_inf) -> None:
+        k, p, L = self.k, self.pool, self.L
+        b = k.b
+
+        def vector(pw0, lanes_valid: int) -> None:
+            best = minus_inf
+            for pkh in range(p.k_h):
+                row = b.gep(src, [k.i64(pkh * p.d_h * width)])
+                for pkw in range(p.k_w):
+                    col = b.add(b.mul(pw0, k.i64(p.s_w)), k.i64(pkw * p.d_w))
+                    if p.s_w == 1:
+                        v = k.vload(row, col, L)
+                    else:
+                        lo, hi = k.vload(row, col, L), k.vload(row, b.add(col, k.i64(L)), L)
+                        v = b.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, L), [2 * j for j in range(L)]))
+                    best = k.max(best, v)
+            self.masked_store(best, out, pw0, [j < lanes_valid for j in range(L)])
+
+        full = p.out_w // L
+        if full:
+            with k.loop(full, name="pw") as t:
+                vector(b.mul(t, k.i64(L)), L)
+        if p.out_w % L:
+            vector(k.i64(full * L), p.out_w % L)
+
+
+@dataclass
+class _Band:
+    buffer: ir.Value
+    row0: ir.Value   # the conv row in buffer row 0
+    rows: int
+    width: int
+    left: int        # pool padding columns before the conv's column 0
 
 
 class _nothing:

@@ -9,12 +9,14 @@ row by ``1 / count``: a compile-time table per output position that already know
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import ir
 
 from ...ir import Node, Value, dim_factors, shape_product
 from ...ops.nn import pool_window
 from ...ops.pool import inverse_counts, lrn_params, lrn_span
-from .codegen import KernelBuilder
+from .codegen import F32, KernelBuilder
 from .conv import Geometry2D, emit_window_row
+from .conv_spatial import masked_load
 from .registry import lowering
 
 
@@ -48,6 +50,42 @@ def lower_avgpool(k: KernelBuilder, node: Node) -> None:
                 k.store(b.fmul(k.load(row, ow), k.load(scale, ow)), row, ow)
 
 
+def plane_reduce(k: KernelBuilder, plane, size: int, is_max: bool):
+    """The sum (or NaN-propagating max) of ``size`` floats at ``plane`` (a size known at compile
+    time): up to four vector accumulators, a masked tail, then a tree across the lanes."""
+    b = k.b
+    L = k.lanes
+    vec = ir.VectorType(F32, L)
+    start = float("-inf") if is_max else 0.0
+    combine = k.max if is_max else b.fadd
+    full = size // L
+    chains = max(1, min(4, full))
+    accs = [k.scalar_slot(ir.Constant(vec, [start] * L)) for _ in range(chains)]
+    if full // chains:
+        with k.loop(full // chains, name="red") as i:
+            base = b.mul(i, k.i64(chains * L))
+            for c in range(chains):
+                b.store(combine(b.load(accs[c]), k.vload(plane, b.add(base, k.i64(c * L)), L)), accs[c])
+    for v in range(full // chains * chains, full):
+        b.store(combine(b.load(accs[0]), k.vload(plane, v * L, L)), accs[0])
+    acc = b.load(accs[0])
+    for c in range(1, chains):
+        acc = combine(acc, b.load(accs[c]))
+    if size % L:
+        tail = masked_load(k, plane, full * L, [j < size % L for j in range(L)], L)
+        if is_max:  # the masked-off lanes read as 0: replace them by -inf
+            keep = ir.Constant(ir.VectorType(ir.IntType(1), L), [int(j < size % L) for j in range(L)])
+            tail = b.select(keep, tail, ir.Constant(vec, [start] * L))
+        acc = combine(acc, tail)
+    width = L
+    while width > 1:  # halves added (or maxed) onto each other
+        half = width // 2
+        lo = b.shuffle_vector(acc, acc, ir.Constant(ir.VectorType(ir.IntType(32), half), list(range(half))))
+        hi = b.shuffle_vector(acc, acc, ir.Constant(ir.VectorType(ir.IntType(32), half), list(range(half, width))))
+        acc, width = combine(lo, hi), half
+    return b.extract_element(acc, ir.Constant(ir.IntType(32), 0))
+
+
 @lowering("GlobalAveragePool", "GlobalMaxPool")
 def lower_global_pool(k: KernelBuilder, node: Node) -> None:
     """One reduction over the spatial positions of each (image, channel) plane."""
@@ -56,6 +94,14 @@ def lower_global_pool(k: KernelBuilder, node: Node) -> None:
     size = k.product(dims[2:])
     average = node.op == "GlobalAveragePool"
     b = k.b
+    static = dim_factors(shape_product(x.type.shape[2:]))
+    if k.lanes >= 4 and not static[0]:
+        with k.parallel_loop(shape_product(x.type.shape[:2]), _plane_size(x), name="nc") as nc:
+            total = plane_reduce(k, b.gep(k.ptr(x), [b.mul(nc, size)]), static[1], not average)
+            if average:
+                total = b.fdiv(total, k.f32(float(static[1])))
+            k.store(total, k.ptr(y), nc)
+        return
     with k.parallel_loop(shape_product(x.type.shape[:2]), _plane_size(x), name="nc") as nc:
         plane = b.gep(k.ptr(x), [b.mul(nc, size)])
         acc = k.scalar_slot(k.f32(0.0 if average else float("-inf")))

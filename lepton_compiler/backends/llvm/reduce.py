@@ -27,6 +27,12 @@ def lower_reduce(k: KernelBuilder, node: Node) -> None:
     x, y = node.inputs[0], node.outputs[0]
     axes = set(reduce_axes(node))
     b = k.b
+    shape = x.type.shape
+    rank = len(shape)
+    if axes and axes == set(range(rank - len(axes), rank)) and k.lanes >= 4 and \
+            all(isinstance(d, int) for d in shape[rank - len(axes):]):
+        lower_trailing_reduce(k, node, len(axes))
+        return
     in_dims = k.dims(x)
     kept = [i for i in range(len(in_dims)) if i not in axes]
     out_strides = row_major_strides(k, [in_dims[i] for i in kept])
@@ -46,3 +52,22 @@ def lower_reduce(k: KernelBuilder, node: Node) -> None:
         inverse = b.fdiv(k.f32(1.0), b.uitofp(count, ir.FloatType()))
         with k.loop(out_size, name="mean") as i:
             k.store(b.fmul(k.load(k.ptr(y), i), inverse), k.ptr(y), i)
+
+
+def lower_trailing_reduce(k: KernelBuilder, node: Node, count: int) -> None:
+    """Reduced axes that are the last ``count`` (a contiguous block per output element, as
+    ReduceMean over H and W of NCHW): one vector reduction per block."""
+    from .pool import plane_reduce
+
+    x, y = node.inputs[0], node.outputs[0]
+    b = k.b
+    shape = x.type.shape
+    size = 1
+    for d in shape[len(shape) - count:]:
+        size *= d
+    outer = k.product(k.dims(x)[:len(shape) - count])
+    with k.loop(outer, name="blk") as i:
+        total = plane_reduce(k, b.gep(k.ptr(x), [b.mul(i, k.i64(size))]), size, node.op == "ReduceMax")
+        if node.op == "ReduceMean":
+            total = b.fmul(total, b.fdiv(k.f32(1.0), k.f32(float(size))))
+        k.store(total, k.ptr(y), i)
