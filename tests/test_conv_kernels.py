@@ -104,6 +104,9 @@ SPATIAL_CASES = [
     (4, 4, (6, 6), 3, 1, [2, 2, 2, 2], 3, 2, None, False),        # dilation 3, wide padding
     (8, 6, (37,), 3, 1, None, 1, 1, "Relu", False),               # 1-D
     (6, 6, (53,), 5, 2, None, 1, 6, None, False),                 # 1-D depthwise strided
+    (3, 16, (20, 230), 7, 2, [3, 3, 2, 3], 1, 1, "Relu", False),   # wide 7x7 stem: rows split by parity
+    (5, 9, (11, 171), 5, 2, [3, 2, 1, 2], 2, 1, None, True),      # split rows, dilation 2, odd pad
+    (2, 4, (3, 99), 6, 2, [2, 3, 1, 0], 1, 2, None, False),       # split rows, even kernel, groups
 ]
 
 
@@ -122,7 +125,7 @@ def test_spatial_conv_matches_ort(case, forced):
 
 
 @pytest.mark.parametrize("level", LEVELS)
-@pytest.mark.parametrize("case", [SPATIAL_CASES[i] for i in (0, 3, 6, 7, 10)], ids=lambda c: f"{c[0]}x{c[1]}_k{c[3]}s{c[4]}g{c[7]}")
+@pytest.mark.parametrize("case", [SPATIAL_CASES[i] for i in (0, 3, 6, 7, 10, 14)], ids=lambda c: f"{c[0]}x{c[1]}_k{c[3]}s{c[4]}g{c[7]}")
 def test_spatial_conv_each_vector_width(case, level, forced):
     cin, cout, size, k, stride, pads, dilation, group, act, residual = case
     forced("spatial")
