@@ -165,6 +165,7 @@ POOLED_CASES = [
     (5, 7, (20, 21), 3, 1, 1, None, 2, 2, 0, 0),       # channels past a block, odd width
     (4, 9, (13, 70), 3, 1, 1, "Relu", 3, 1, 1, 0),     # pool stride 1, long rows
     (6, 10, (15, 9), 3, 2, 1, "HardSwish", 2, 2, 0, 1),
+    (4, 8, (25, 19), 3, 1, 1, "Relu", 4, 1, 2, 1),      # pool 4x4 stride 1: three rows shared
 ]
 
 
@@ -184,8 +185,11 @@ def pooled_model(cin, cout, size, k, stride, pad, act, pk, ps, pp, ceil, seed=0)
 
 @pytest.mark.parametrize("level", [None, "x86-64-v3", "x86-64-v2"])
 @pytest.mark.parametrize("case", POOLED_CASES, ids=lambda c: f"{c[0]}x{c[1]}_{'x'.join(map(str, c[2]))}_k{c[3]}s{c[4]}_pool{c[7]}s{c[8]}")
-def test_spatial_conv_with_fused_max_pool(case, level, forced):
-    forced("spatial")
+@pytest.mark.parametrize("kernel", ["spatial", "simd"])
+def test_conv_with_fused_max_pool(case, level, kernel, forced):
+    """The spatial kernel's row bands, and the channel-blocked kernel's rows shared by
+    overlapping pool windows (copied, not computed again)."""
+    forced(kernel)
     model = pooled_model(*case)
     graph = optimize_graph(import_model(model.SerializeToString()), 3)
     (node,) = [n for n in graph.nodes if n.op in ("Conv", "FusedConv")]
