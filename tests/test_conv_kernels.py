@@ -197,12 +197,22 @@ def test_conv_with_fused_max_pool(case, level, kernel, forced):
     check(model, [case[0]] + list(case[2]), batches=(1, 3), mcpu=level)
 
 
-def test_pooled_choice_depends_on_row_length():
-    for size, want in (((224, 224), "spatial"), ((40, 40), "simd")):
+def test_pooled_choice():
+    """Pooled layers get the channel-blocked kernel where it applies, the spatial one when grouped."""
+    for size in ((224, 224), (40, 40)):
         model = pooled_model(3, 16, size, 7, 2, 3, "Relu", 3, 2, 1, 0)
         graph = optimize_graph(import_model(model.SerializeToString()), 3)
         (node,) = [n for n in graph.nodes if n.op == "FusedConv"]
-        assert conv.choose_conv_kernel(node, 16, 32) == want
+        assert conv.choose_conv_kernel(node, 16, 32) == "simd"
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["X", "W"], ["C"], pads=[1, 1, 1, 1], group=8),
+             helper.make_node("MaxPool", ["C"], ["Y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])]
+    model = make_model(nodes, [("X", ["N", 8, 21, 30])], [("Y", None)],
+                       {"W": rng.standard_normal((8, 1, 3, 3)).astype(np.float32)})
+    graph = optimize_graph(import_model(model.SerializeToString()), 3)
+    (node,) = [n for n in graph.nodes if n.op == "FusedConv"]
+    assert conv.choose_conv_kernel(node, 16, 32) == "spatial"
+    check(model, [8, 21, 30])
 
 
 # -- ConvTranspose ---------------------------------------------------------------------------------

@@ -178,10 +178,11 @@ def choose_conv_kernel(node: Node, lanes: int, registers: Optional[int] = None) 
     if winograd_supported(node, lanes) and winograd_pays(node):
         return "winograd"
     simd, spatial = simd_supported(node, lanes), spatial_supported(node, lanes)
-    if simd and spatial and node.attr("pool_kernel") is not None:
-        # the channel-blocked kernel's pooling is cheaper on short rows (measured: a 3x3/2 stem
-        # with 23 outputs a row and a 3x3/2 pool ran 1.2x faster on it); long rows favour bands
-        return "spatial" if conv_parts(node)[1].out_w >= 4 * lanes else "simd"
+    if simd and node.attr("pool_kernel") is not None:
+        # measured on ResNet's and SqueezeNet's stems (7x7/2 and 3x3/2 convs, 3x3/2 pools, 20 to
+        # 112 outputs a row): the channel-blocked kernel's pooled rows ran 1.15-1.25x faster than
+        # the spatial kernel's bands (which pooled grouped layers still get)
+        return "simd"
     if simd and spatial:
         return "spatial" if SPATIAL_CALIBRATION * spatial_cost(node, lanes, registers) < simd_cost(node, lanes, registers) \
             else "simd"
