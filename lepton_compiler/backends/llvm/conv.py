@@ -235,7 +235,7 @@ def emit_pooled_conv(k: KernelBuilder, node: Node, parts: ConvParts, g: Geometry
 def lower_maxpool(k: KernelBuilder, node: Node) -> None:
     x, y = node.inputs[0], node.outputs[0]
     g = Geometry2D.of(node, x.type.shape[2:], pool_window(node))
-    if k.lanes >= 4 and g.s_w in (1, 2):
+    if k.lanes >= 4 and g.s_w in (1, 2) and 4 * g.out_h * maxpool_row_width(g, k.lanes) <= 128 * 1024:
         lower_vector_maxpool(k, node, g)
         return
     channels = x.type.shape[1]
@@ -264,26 +264,24 @@ def lower_vector_maxpool(k: KernelBuilder, node: Node, g: Geometry2D) -> None:
 
     x, y = node.inputs[0], node.outputs[0]
     b = k.b
-    L = k.lanes
-    while L > 4 and L // 2 >= g.out_w:
-        L //= 2
+    L = maxpool_lanes(g, k.lanes)
     vec = ir.VectorType(F32, L)
     minus_inf = ir.Constant(vec, [float("-inf")] * L)
-    right = max(0, (g.out_w - 1) * g.s_w + (g.k_w - 1) * g.d_w - g.p_left - (g.in_w - 1))
-    last_load = (g.out_w - 1) // L * L * g.s_w + (g.k_w - 1) * g.d_w + L * g.s_w
-    width = max(g.p_left + g.in_w + right, last_load)
-    width = -(-width // L) * L
-    row = k.stack_array(F32, width)
-    with k.loop(width // L, name="fill") as i:
-        k.vstore(minus_inf, row, b.mul(i, k.i64(L)))
+    width = maxpool_row_width(g, k.lanes)
+    rows = k.stack_array(F32, g.out_h * width)
+    with k.loop(g.out_h * width // L, name="fill") as i:
+        k.vstore(minus_inf, rows, b.mul(i, k.i64(L)))
     channels = x.type.shape[1]
-    middle = b.gep(row, [k.i64(g.p_left)])
     even = ir.Constant(ir.VectorType(ir.IntType(32), L), [2 * j for j in range(L)])
     work = g.out_h * g.out_w * g.k_h * g.k_w
     with k.parallel_loop(shape_product([x.type.shape[0], channels]), work, name="nc") as nc:
         plane = b.gep(k.ptr(x), [b.mul(nc, k.i64(g.in_h * g.in_w))])
         out_plane = b.gep(k.ptr(y), [b.mul(nc, k.i64(g.out_h * g.out_w))])
+        # pass 1, every output row: the max over the window's rows (its own stack row, so that
+        # pass 2 does not load what was just stored: store forwarding fails on those loads)
         with k.loop(g.out_h, name="oh") as oh:
+            middle = b.gep(rows, [b.add(b.mul(oh, k.i64(width)), k.i64(g.p_left))])
+
             def rows_max(at, mask):
                 best = k.scalar_slot(minus_inf)
                 for kh in range(g.k_h):
@@ -303,6 +301,9 @@ def lower_vector_maxpool(k: KernelBuilder, node: Node, g: Geometry2D) -> None:
                     rows_max(b.mul(t, k.i64(L)), None)
             if g.in_w % L:
                 rows_max(k.i64(full * L), [j < g.in_w % L for j in range(L)])
+        # pass 2: the max across the window's columns
+        with k.loop(g.out_h, name="oh2") as oh:
+            row = b.gep(rows, [b.mul(oh, k.i64(width))])
             out_row = b.gep(out_plane, [b.mul(oh, k.i64(g.out_w))])
 
             def columns_max(ow0, valid: int):
@@ -322,3 +323,20 @@ def lower_vector_maxpool(k: KernelBuilder, node: Node, g: Geometry2D) -> None:
                     columns_max(b.mul(t, k.i64(L)), L)
             if g.out_w % L:
                 columns_max(k.i64(full_out * L), g.out_w % L)
+
+
+def maxpool_lanes(g: Geometry2D, lanes: int) -> int:
+    L = lanes
+    while L > 4 and L // 2 >= g.out_w:
+        L //= 2
+    return L
+
+
+def maxpool_row_width(g: Geometry2D, lanes: int) -> int:
+    """Floats per stack row of the vector MaxPool: pool padding, the input row, and room for the
+    last vector's loads (all -inf but the input), a whole number of vectors."""
+    L = maxpool_lanes(g, lanes)
+    right = max(0, (g.out_w - 1) * g.s_w + (g.k_w - 1) * g.d_w - g.p_left - (g.in_w - 1))
+    last_load = (g.out_w - 1) // L * L * g.s_w + (g.k_w - 1) * g.d_w + L * g.s_w
+    width = max(g.p_left + g.in_w + right, last_load)
+    return -(-width // L) * L
