@@ -59,6 +59,8 @@ class KernelBuilder:
         self.work_per_iteration = 0
         """Estimated multiply-adds of one ``parallel_loop`` iteration, to decide whether threads pay off."""
         self.parallel_extent: Dim = 0
+        self.work_scale: Dim = 1
+        """A dim the work of one iteration is multiplied by at run time (see ``parallel_range``)."""
         self.target = None
         """The ``Target`` code is generated for (set by ``build_module``; the int8 kernels read its features)."""
         self._ptrs = {}
@@ -154,12 +156,13 @@ class KernelBuilder:
         b.branch(header)
         b.position_at_end(done)
 
-    @contextmanager
-    def parallel_loop(self, extent: Dim, work: int, name: str = "par") -> Iterator[ir.Value]:
-        """The kernel's outermost loop over ``extent`` iterations (a dim such as ``"N*2"``),
-        split into ``parts`` chunks of which this call runs one.
+    def parallel_range(self, extent: Dim, work: int, scale: Dim = 1) -> tuple[ir.Value, ir.Value]:
+        """This call's chunk ``[lo, hi)`` of the kernel's outermost range ``[0, extent)``, split
+        into ``parts`` contiguous chunks; the caller emits the loop over it.
 
-        ``work`` estimates the multiply-adds (or element operations) of one iteration.
+        ``work`` estimates the multiply-adds (or element operations) of one iteration, times the
+        run-time value of ``scale`` (a dim such as ``"N"`` where an iteration covers every row of
+        a dynamic batch).
         """
         b = self.b
         stop_v = self.dim(extent)
@@ -167,9 +170,21 @@ class KernelBuilder:
         lo = b.mul(self.part, chunk)
         hi = b.add(lo, chunk)
         hi = b.select(b.icmp_signed("<", hi, stop_v), hi, stop_v)
+        lo = b.select(b.icmp_signed("<", lo, hi), lo, hi)
         self.parallel = True
         self.work_per_iteration = work
         self.parallel_extent = extent
+        self.work_scale = scale
+        return lo, hi
+
+    @contextmanager
+    def parallel_loop(self, extent: Dim, work: int, name: str = "par") -> Iterator[ir.Value]:
+        """The kernel's outermost loop over ``extent`` iterations (a dim such as ``"N*2"``),
+        split into ``parts`` chunks of which this call runs one.
+
+        ``work`` estimates the multiply-adds (or element operations) of one iteration.
+        """
+        lo, hi = self.parallel_range(extent, work)
         with self.loop(hi, start=lo, name=name) as i:
             yield i
 

@@ -79,6 +79,10 @@ class EntryBuilder:
         symbols, factor = dim_factors(kernel.parallel_extent)
         extent = b.mul(self.batch, ir.Constant(I64, factor)) if symbols else ir.Constant(I64, factor)
         work = b.mul(extent, ir.Constant(I64, kernel.work_per_iteration))
+        scale_symbols, scale_factor = dim_factors(kernel.work_scale)
+        if scale_symbols or scale_factor != 1:
+            scale = b.mul(self.batch, ir.Constant(I64, scale_factor)) if scale_symbols else ir.Constant(I64, scale_factor)
+            work = b.mul(work, scale)
         wanted = b.and_(b.icmp_signed(">", self.threads, one),
                         b.and_(b.icmp_unsigned("!=", self.omp, ir.Constant(self.omp.type, None)),
                                b.and_(b.icmp_signed(">=", work, ir.Constant(I64, PARALLEL_MIN_WORK)),
