@@ -115,14 +115,15 @@ def choose_spatial_blocking(g: Geometry2D, icg: int, ocg: int, groups: int, lane
             for V in range(1, min(vec_row, 6) + 1):
                 if R * H * V > budget or V * (2 if g.s_w == 2 else 1) + R * H * V > registers - 1:
                     continue
+                penalty = 1.0
                 if registers >= 32 and icg == 1 and R * H * V + V * (2 if g.s_w == 2 else 1) + \
                         R * g.k_h * g.k_w + 6 > registers:
-                    continue  # depthwise: LLVM keeps the taps' broadcast weights in registers too
+                    penalty = 1.5  # depthwise: LLVM keeps the taps' broadcast weights in registers too
                 if icg == 1 and H > 6:
-                    continue  # depthwise 3x3, 16x16: 6 rows ran 1.4x faster than 8 (measured)
+                    penalty = 1.5  # depthwise 3x3 16x16 (and 56x56): 6 rows ran faster than 8 (measured)
                 if distinct_rows(g, H) * g.k_w * R * H * V > 4096:
                     continue  # code size
-                cost = block_cost(g, icg, ocg, groups, L, R, H, V)
+                cost = block_cost(g, icg, ocg, groups, L, R, H, V) * penalty
                 if best_cost is None or cost < best_cost - 1e-9:
                     best, best_cost = SpatialBlocking(L, R, H, V), cost
     return best
