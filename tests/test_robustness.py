@@ -453,10 +453,10 @@ def test_other_dtype_spellings_are_refused(mnist):
 # -- memory limits ------------------------------------------------------------------------------------
 def test_memory_limit_refuses_a_model_at_compile_time():
     with pytest.raises(ResourceError) as info:
-        lc.compile(MODEL, max_memory=500_000)  # above the ONNX weights, below them packed for the kernels
+        lc.compile(MODEL, max_memory=400_000)  # above the ONNX weights (364.5 KiB), below them packed for the kernels
     message = str(info.value)
-    assert message.startswith("the model needs ") and "at N=1: weights 567.0 KiB" in message
-    assert "memory limit of 488.3 KiB (500,000 bytes) (max_memory=)" in message
+    assert message.startswith("the model needs ") and "at N=1: weights 422.1 KiB" in message
+    assert "memory limit of 390.6 KiB (400,000 bytes) (max_memory=)" in message
 
 
 def test_memory_limit_counts_declared_weights_before_decoding():

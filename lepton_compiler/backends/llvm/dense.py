@@ -116,11 +116,12 @@ def lower_gemm(k: KernelBuilder, node: Node) -> None:
     a_dims, b_dims = k.dims(a), k.dims(b_val)
     kk = a_dims[0] if trans_a else a_dims[1]
     a_row, a_col = (k.i64(1), a_dims[1]) if trans_a else (a_dims[1], k.i64(1))
-    b_ptr = k.ptr(b_val)
-    if trans_b and b_val.is_const:
+    if trans_b and b_val.is_const:   # (the original is then not read, and not kept)
         b_ptr = k.constant(f"{b_val.name}.T", np.ascontiguousarray(b_val.const.T))
         trans_b = 0
         b_dims = [b_dims[1], b_dims[0]]
+    else:
+        b_ptr = k.ptr(b_val)
     b_row, b_col = (k.i64(1), b_dims[1]) if trans_b else (b_dims[1], k.i64(1))
     beta = float(node.attr("beta", 1.0))
 
