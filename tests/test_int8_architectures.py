@@ -10,7 +10,16 @@ and checked on 32 fresh inputs from the same distribution:
   ``MEASURED_SQNR``). A final Softmax is left out of the models here: on random weights it
   saturates, and its probabilities would hide the error of the logits (ResNet: 87 dB on the
   softmax, against 43 dB on its logits);
-* exactly which layers went int8 (and with which output) and which stayed fp32, and why.
+* exactly which layers went int8 (and with which output) and which stayed fp32, and why. Regions
+  hold MaxPool, Concat and the average pools (``lepton.QAveragePool``) on uint8: SqueezeNet is one
+  region up to its last conv (whose output is averaged into the model's output), ResNet's and
+  MobileNet's heads run GlobalAveragePool and Flatten in uint8 into a float-output QGemm. U-Net's
+  first conv still ends a region: its output is concatenated with the fp32 ConvTranspose's.
+
+Measured (this machine; before -> after regions held MaxPool/Concat/averages): SQNR dB and
+QuantizeLinear nodes / float-output layers: mobilenet 43.2 -> 39.4 (3/3 -> 3/3), resnet 43.2 -> 41.5
+(1/1 -> 1/1, the head now int8), squeezenet 36.7 -> 36.7 (3/5 -> 1/1), unet 36.7 (3/3), keras_nhwc
+55.2 (1/1).
 """
 
 from __future__ import annotations
@@ -30,17 +39,19 @@ SMALL = "not worth it"
 # name: {layer: "uint8" | "float32" (int8, with that output) | reason prefix (fp32)}
 EXPECTED_LAYERS = {
     "mobilenet": {"conv2": "uint8", "conv12": "float32", "conv20": "float32", "conv28": "uint8",
-                  "conv36": "uint8", "conv46": "float32", "gemm59": SMALL},
+                  "conv36": "uint8", "conv46": "uint8", "gemm59": "float32"},
     "resnet": {"conv2": "uint8", "conv11": "uint8", "conv19": "uint8", "conv43": "uint8", "conv28": "uint8",
-               "conv36": "float32", "gemm55": SMALL},
-    "squeezenet": {"conv3": "uint8", "conv8": "uint8", "conv12": "float32", "conv16": "float32",
-                   "conv21": "uint8", "conv25": "float32", "conv29": "float32", "conv35": "float32"},
+               "conv36": "uint8", "gemm55": "float32"},
+    "squeezenet": {"conv3": "uint8", "conv8": "uint8", "conv12": "uint8", "conv16": "uint8",
+                   "conv21": "uint8", "conv25": "uint8", "conv29": "uint8", "conv35": "float32"},
     "unet": {"conv3": "float32", "conv8": "float32", "conv15": "uint8", "conv24": "float32"},
     "keras_nhwc": {"conv4": "uint8", "conv7": "float32", "matmul16": SMALL},
 }
-MEASURED_SQNR = {}   # filled in below from a run; printed by -s
+MEASURED_SQNR = {"mobilenet": 39.4, "resnet": 41.5, "squeezenet": 36.7, "unet": 36.7, "keras_nhwc": 55.2}
+REGION_NODES = {   # (QuantizeLinear nodes, float-output layers) of the int8 graph
+    "mobilenet": (3, 3), "resnet": (1, 1), "squeezenet": (1, 1), "unet": (3, 3), "keras_nhwc": (1, 1)}
 CLASSIFIERS = ("mobilenet", "resnet", "keras_nhwc")   # squeezenet's 90 outputs are 10 maps x 9 positions
-SQNR_BOUND = {"mobilenet": 30.0, "resnet": 25.0, "squeezenet": 20.0, "unet": 30.0, "keras_nhwc": 30.0}
+SQNR_BOUND = {"mobilenet": 35.0, "resnet": 35.0, "squeezenet": 32.0, "unet": 32.0, "keras_nhwc": 50.0}
 
 
 def logits_model(arch: str):
@@ -77,6 +88,14 @@ def test_layers_int8_and_fp32(quantized):
     assert set(got) == set(expected)
     for name, want in expected.items():
         assert got[name] == want or (want == SMALL and got[name].startswith(SMALL)), (name, got[name])
+
+
+def test_region_edges(quantized):
+    arch, compiled, _ = quantized
+    g = compiled.quantization.graph
+    quantize = sum(1 for n in g.nodes if n.op == "QuantizeLinear")
+    float_out = sum(1 for n in g.nodes if n.op in ("QConv", "QGemm") and n.attr("output_dtype") == "float32")
+    assert (quantize, float_out) == REGION_NODES[arch]
 
 
 def test_compiled_int8_equals_the_interpreter(quantized):

@@ -287,4 +287,48 @@ def expand_qgemm(node: Node, fresh):
     return nodes, inits
 
 
-EXPANSIONS.update({"QConv": expand_qconv, "QGemm": expand_qgemm})
+def expand_qavgpool(node: Node, fresh):
+    """``DequantizeLinear(x, 1, x_zp)`` (``fp32(x - x_zp)``, exact), a depthwise Conv with all-ones
+    weights (the window sums, exact in fp32 since ``|S| <= 2**24``; ceil_mode's room as extra end
+    padding, which adds 0), ``Mul`` by the table ``M`` and ``QuantizeLinear(v, 1, y_zp)``
+    (``saturate(rint(v) + y_zp)``): ``ops/qpool.py``'s definition, one rounding per op."""
+    from ..ops import qpool
+    from ..ops.nn import pool_window
+
+    x = node.inputs[0]
+    spatial = list(x.type.shape[2:])
+    channels = x.type.shape[1]
+    nodes: list[NodeProto] = []
+    inits: list[TensorProto] = []
+    one, i1 = _const(fresh, f"{node.name}_unit_scale", np.array(1.0, np.float32))
+    xz, i2 = _const(fresh, f"{node.name}_x_zero_point", np.array(node.attr("x_zero_point"), np.uint8))
+    yz, i3 = _const(fresh, f"{node.name}_y_zero_point", np.array(node.attr("y_zero_point"), np.uint8))
+    inits += [i1, i2, i3]
+    centered = fresh(f"{node.name}_centered")
+    nodes.append(helper.make_node("DequantizeLinear", [x.name, one, xz], [centered], name=fresh(f"{node.name}_dq")))
+    if node.attr("global_pool", 0):
+        kernel, strides, dilations = spatial, [1] * len(spatial), [1] * len(spatial)
+        begin, end = [0] * len(spatial), [0] * len(spatial)
+    else:
+        win = pool_window(qpool.avg_node(node))
+        kernel, strides, dilations = list(win.kernel), list(win.strides), list(win.dilations)
+        begin = list(win.pads_begin)
+        end = [max(e, (o - 1) * s + d * (k - 1) + 1 - (i + b))
+               for e, o, s, d, k, i, b in zip(win.pads_end, win.out, win.strides, win.dilations, win.kernel,
+                                               spatial, win.pads_begin)]
+    w, i4 = _const(fresh, f"{node.name}_ones", np.ones([channels, 1] + kernel, np.float32))
+    inits.append(i4)
+    sums = fresh(f"{node.name}_sums")
+    nodes.append(helper.make_node("Conv", [centered, w], [sums], name=node.name, kernel_shape=kernel,
+                                  strides=strides, dilations=dilations, pads=begin + end, group=channels))
+    m = qpool.multipliers(node.attr("x_scale"), node.attr("y_scale"), qpool.counts(node))
+    table, i5 = _const(fresh, f"{node.name}_multipliers", m.reshape((1, 1) + m.shape).astype(np.float32))
+    inits.append(i5)
+    scaled = fresh(f"{node.name}_scaled")
+    nodes.append(helper.make_node("Mul", [sums, table], [scaled], name=fresh(f"{node.name}_mul")))
+    nodes.append(helper.make_node("QuantizeLinear", [scaled, one, yz], [node.outputs[0].name],
+                                  name=fresh(f"{node.name}_q")))
+    return nodes, inits
+
+
+EXPANSIONS.update({"QConv": expand_qconv, "QGemm": expand_qgemm, "QAveragePool": expand_qavgpool})

@@ -47,7 +47,7 @@ import numpy as np
 
 from ..errors import LeptonError
 from ..ir import Graph, Node, TensorType, Value
-from ..ops import infer_graph, qmath
+from ..ops import infer_graph, qmath, qpool
 from ..ops.fused import DOMAIN, POOL_ATTRS, conv_output_type
 from ..ops.registry import REGISTRY, OpKind
 
@@ -162,14 +162,51 @@ def is_view(node: Node) -> bool:
 
 
 def observed_values(graph: Graph) -> list[str]:
-    """The values calibration must observe: the input, residual and output of every supported layer."""
+    """The values calibration must observe: the input, residual and output of every supported layer,
+    and the output of every average pool an int8 region may hold (its own output range)."""
     names: list[str] = []
     for node in layers(graph):
         if unsupported(node) is None:
             for v in (node.inputs[0], residual_input(node), node.outputs[0]):
                 if v is not None and v.name not in names:
                     names.append(v.name)
+    for node in graph.nodes:
+        if node.op in AVG_OPS and region_op(node, None) and node.outputs[0].name not in names:
+            names.append(node.outputs[0].name)
     return names
+
+
+# -- region ops: uint8 in, uint8 out, no layer of their own ------------------------------------
+AVG_OPS = ("AveragePool", "GlobalAveragePool")
+REGION_OPS = ("MaxPool", "Concat") + AVG_OPS
+"""Ops an int8 region holds on uint8 values: MaxPool and Concat exactly (the output keeps the
+input's scale and zero point; a Concat's inputs all get the same ones), the averages as
+``lepton.QAveragePool`` (their own calibrated output range)."""
+
+
+def region_op(node: Node, ranges: Optional[Mapping[str, tuple[float, float]]]) -> bool:
+    """Whether ``node`` can run on uint8 inside an int8 region (``ranges`` None: don't check that an
+    average's output range was calibrated)."""
+    if node.domain != "" or node.op not in REGION_OPS or len(node.outputs) != 1:
+        return False
+    x = node.inputs[0]
+    if node.op == "Concat":
+        return all(v is not None and not v.is_const and v.type.dtype == "float32" for v in node.inputs)
+    if x is None or x.type.dtype != "float32" or x.type.rank not in (3, 4):
+        return False
+    if node.op == "MaxPool":
+        return node.attr("storage_order", 0) == 0
+    if ranges is not None and node.outputs[0].name not in ranges:
+        return False
+    try:
+        return qpool.window_taps(node) <= qpool.MAX_COUNT and bool(np.all(qpool.counts(node) > 0))
+    except LeptonError:
+        return False
+
+
+def data_inputs(node: Node) -> list[Value]:
+    """The inputs of a view or region op that carry its data (every input of a Concat)."""
+    return list(node.inputs) if node.op == "Concat" else [node.inputs[0]]
 
 
 def check_keep_fp32(graph: Graph, keep_fp32) -> set[str]:
@@ -218,9 +255,11 @@ def quantize_graph(graph: Graph, ranges: Mapping[str, tuple[float, float]],
     outputs = set(g.outputs)
 
     def from_int8_layer(value: Value) -> bool:
+        """Whether ``value`` comes from int8 layers through views and region ops (an estimate: the
+        region ops' own conditions are decided below)."""
         p = value.producer
-        while p is not None and is_view(p):
-            p = p.inputs[0].producer
+        if p is not None and (is_view(p) or region_op(p, ranges)):
+            return all(from_int8_layer(v) for v in data_inputs(p))
         return p is not None and p in int8
 
     int8: set[Node] = set()
@@ -242,17 +281,8 @@ def quantize_graph(graph: Graph, ranges: Mapping[str, tuple[float, float]],
         else:
             reasons[node] = reason
 
-    def int8_readers_only(value: Value) -> bool:
-        readers = users.get(value, [])
-        if value in outputs or not readers:
-            return False
-        for r in readers:   # an int8 layer's input or residual (never its weights or bias)
-            if r in int8 and (r.inputs[0] is value or residual_input(r) is value) and value not in r.inputs[1:3]:
-                continue
-            if is_view(r) and r.inputs[0] is value and int8_readers_only(r.outputs[0]):
-                continue
-            return False
-        return True
+    uint8_values = _uint8_values(g, int8, users, outputs, ranges)
+    value_params = _shared_params(g, int8, uint8_values, ranges)
 
     b = _Builder(g)
     params: dict[Value, tuple[float, int]] = {}     # uint8 values: (scale, zero point)
@@ -278,8 +308,11 @@ def quantize_graph(graph: Graph, ranges: Mapping[str, tuple[float, float]],
         return quantized[x]
 
     for node in g.nodes:
-        if is_view(node) and node.inputs[0] in params:
-            params[node.outputs[0]] = params[node.inputs[0]]
+        if node not in int8 and node.outputs and node.outputs[0] in uint8_values:   # a view or region op
+            out = node.outputs[0]
+            if node.op in AVG_OPS:
+                node = _quantized_avgpool(node, params[node.inputs[0]], value_params[out])
+            params[out] = value_params[out]
             nodes.append(node)
             continue
         if node not in int8:
@@ -290,12 +323,11 @@ def quantize_graph(graph: Graph, ranges: Mapping[str, tuple[float, float]],
         x, r = uint8_value(node.inputs[0]), residual_input(node)
         if r is not None:   # from an int8 region, or quantized here at the region's edge
             r = uint8_value(r)
-        act = node.attr("activation", "")
-        uint8_out = act in CLAMP_ACTIVATIONS and int8_readers_only(node.outputs[0])
-        new = _quantized_layer(b, node, x, params[x], choose(node.outputs[0]) if uint8_out else None,
+        uint8_out = node.outputs[0] in uint8_values
+        new = _quantized_layer(b, node, x, params[x], value_params[node.outputs[0]] if uint8_out else None,
                                r, None if r is None else params[r])
         if uint8_out:
-            params[node.outputs[0]] = choose(node.outputs[0])
+            params[node.outputs[0]] = value_params[node.outputs[0]]
         nodes.append(new)
         decisions.append(LayerDecision(node.name, _kind(node), True, "uint8" if uint8_out else "float32", "",
                                        macs[node]))
@@ -304,6 +336,79 @@ def quantize_graph(graph: Graph, ranges: Mapping[str, tuple[float, float]],
     g.constants = [c for c in g.constants if c in used or c in outputs]
     infer_graph(g)
     return QuantizedGraph(g, decisions, {v.name: p for v, p in params.items()})
+
+
+def _uint8_values(g: Graph, int8: set, users, outputs: set, ranges) -> set:
+    """The values an int8 region holds in uint8: outputs of int8 layers whose activation is a clamp,
+    of views and of region ops, read only by int8 layers (input or residual) and by views and
+    region ops whose every data input and output are uint8 too. The largest such set: start from
+    every candidate and drop values that break a condition until none does."""
+    candidates = {n for n in g.nodes if (n in int8 and n.attr("activation", "") in CLAMP_ACTIVATIONS)
+                  or (n not in int8 and n.outputs and (is_view(n) or region_op(n, ranges)))}
+    held = {n.outputs[0] for n in candidates if n.outputs[0] not in outputs and users.get(n.outputs[0])}
+
+    def passes(r: Node, v: Value) -> bool:
+        if r in int8:   # an int8 layer's input or residual (never its weights or bias)
+            return (r.inputs[0] is v or residual_input(r) is v) and v not in r.inputs[1:3]
+        return r in candidates and any(i is v for i in data_inputs(r)) and r.outputs[0] in held and \
+            all(i in held for i in data_inputs(r))
+
+    changed = True
+    while changed:
+        changed = False
+        for v in list(held):
+            p = v.producer
+            ok = p in int8 or all(i in held for i in data_inputs(p))
+            ok = ok and all(passes(r, v) for r in users.get(v, []))
+            if not ok:
+                held.discard(v)
+                changed = True
+    return held
+
+
+def _shared_params(g: Graph, int8: set, held: set, ranges) -> dict:
+    """(scale, zero point) of every uint8 value. Int8 layers and averages choose theirs from their
+    calibrated range; views and MaxPool keep their input's; a Concat's inputs and output share one
+    pair, chosen from the union of the ranges of the layers (and averages) behind them."""
+    parent: dict[Value, Value] = {}
+
+    def find(v: Value) -> Value:
+        while parent[v] is not v:
+            parent[v] = parent[parent[v]]
+            v = parent[v]
+        return v
+
+    roots = []
+    for node in g.nodes:
+        out = node.outputs[0] if node.outputs else None
+        if out not in held:
+            continue
+        if node in int8 or node.op in AVG_OPS:
+            parent[out] = out
+            roots.append(out)
+        elif node.op == "Concat":
+            first = find(node.inputs[0])
+            for v in node.inputs[1:]:
+                parent[find(v)] = first
+            parent[out] = first
+        else:   # a view, MaxPool
+            parent[out] = find(node.inputs[0])
+    span: dict[Value, tuple[float, float]] = {}
+    for v in roots:
+        lo, hi = ranges[v.name]
+        top = find(v)
+        old = span.get(top, (lo, hi))
+        span[top] = (min(old[0], lo), max(old[1], hi))
+    return {v: qmath.choose_uint8(*span[find(v)]) for v in held}
+
+
+def _quantized_avgpool(node: Node, x_params: tuple[float, int], y_params: tuple[float, int]) -> Node:
+    """``lepton.QAveragePool`` for an AveragePool / GlobalAveragePool reading a uint8 value."""
+    keep = ("kernel_shape", "strides", "pads", "dilations", "ceil_mode", "count_include_pad", "auto_pad")
+    attrs = {k: v for k, v in node.attrs.items() if k in keep} if node.op == "AveragePool" else {"global_pool": 1}
+    attrs.update({"x_scale": float(x_params[0]), "x_zero_point": int(x_params[1]),
+                  "y_scale": float(y_params[0]), "y_zero_point": int(y_params[1])})
+    return Node("QAveragePool", node.name, [node.inputs[0]], [node.outputs[0]], attrs, DOMAIN)
 
 
 def _kind(node: Node) -> str:

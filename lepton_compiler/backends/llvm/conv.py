@@ -235,42 +235,112 @@ def emit_pooled_conv(k: KernelBuilder, node: Node, parts: ConvParts, g: Geometry
 def lower_maxpool(k: KernelBuilder, node: Node) -> None:
     x, y = node.inputs[0], node.outputs[0]
     g = Geometry2D.of(node, x.type.shape[2:], pool_window(node))
-    if k.lanes >= 4 and g.s_w in (1, 2) and 4 * g.out_h * maxpool_row_width(g, k.lanes) <= 128 * 1024:
+    byte = x.type.dtype in ("uint8", "int8")
+    if byte:
+        byte_max = _byte_max(k, x.type.dtype == "int8")
+        if k.lanes >= 4 and g.s_w in (1, 2) and g.out_h * maxpool_row_width(g, 4 * k.lanes) <= 128 * 1024:
+            lower_vector_maxpool(k, node, g, byte=True)
+            return
+    elif k.lanes >= 4 and g.s_w in (1, 2) and 4 * g.out_h * maxpool_row_width(g, k.lanes) <= 128 * 1024:
         lower_vector_maxpool(k, node, g)
         return
     channels = x.type.shape[1]
     b = k.b
+    lowest = ir.Constant(ir.IntType(8), -128 if x.type.dtype == "int8" else 0) if byte else k.f32(float("-inf"))
     with k.loop(k.dim(x.type.shape[0]), name="n") as n, k.loop(channels, name="c") as c:
         with k.loop(g.out_h, name="oh") as oh:
             row = b.gep(k.ptr(y), [k.linear([n, c, oh, 0], [None, channels, g.out_h, g.out_w])])
             with k.loop(g.out_w, name="ow0") as ow:
-                k.store(k.f32(float("-inf")), row, ow)
+                k.store(lowest, row, ow)
             for kh in range(g.k_h):
                 ih = g.input_row(k, oh, kh)
                 with b.if_then(k.in_range(ih, g.in_h)):
                     src = b.gep(k.ptr(x), [k.linear([n, c, ih, 0], [None, channels, g.in_h, g.in_w])])
                     for kw in range(g.k_w):
-                        emit_window_row(k, g, src, row, kw, k.max)
+                        emit_window_row(k, g, src, row, kw, byte_max if byte else k.max)
 
 
-def lower_vector_maxpool(k: KernelBuilder, node: Node, g: Geometry2D) -> None:
+def _byte_max(k: KernelBuilder, signed: bool):
+    """The max of two 8-bit values or vectors (``llvm.smax`` / ``llvm.umax``: ``pmaxsb`` / ``pmaxub``)."""
+    return lambda acc, v: k.intrinsic("llvm.smax" if signed else "llvm.umax", acc, v)
+
+
+def _byte_vector_access(k: KernelBuilder, L: int):
+    """Unaligned load, masked load (off lanes 0) and masked store of ``L`` bytes: the 8-bit forms of
+    ``vload`` / ``conv_spatial.masked_load`` / ``masked_store``."""
+    from .conv_spatial import _intrinsic
+
+    i8, i32 = ir.IntType(8), ir.IntType(32)
+    vec, mvec = ir.VectorType(i8, L), ir.VectorType(ir.IntType(1), L)
+    b = k.b
+
+    def at(ptr, offset):
+        return b.bitcast(b.gep(ptr, [k.i64(offset)], inbounds=True), vec.as_pointer())
+
+    def load(ptr, offset, mask):
+        if mask is None or all(mask):
+            return b.load(at(ptr, offset), align=1)
+        fn = _intrinsic(k, f"llvm.masked.load.v{L}i8.p0", ir.FunctionType(vec, [vec.as_pointer(), i32, mvec, vec]))
+        return b.call(fn, [at(ptr, offset), ir.Constant(i32, 1), ir.Constant(mvec, [int(m) for m in mask]),
+                           ir.Constant(vec, [0] * L)])
+
+    def store(value, ptr, offset, mask):
+        if mask is None or all(mask):
+            b.store(value, at(ptr, offset), align=1)
+            return
+        if not any(mask):
+            return
+        fn = _intrinsic(k, f"llvm.masked.store.v{L}i8.p0",
+                        ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), i32, mvec]))
+        b.call(fn, [value, at(ptr, offset), ir.Constant(i32, 1), ir.Constant(mvec, [int(m) for m in mask])])
+
+    return load, store
+
+
+def lower_vector_maxpool(k: KernelBuilder, node: Node, g: Geometry2D, byte: bool = False) -> None:
     """Per output row: the max of the window's input rows, vector by vector, into a stack row
     whose padding columns are -inf; then the max across the window's columns, ``L`` outputs at a
     time (column stride 2: the even lanes of two loads). Max is exact, so the result is the same
-    bits as the scalar kernel's (NaN included)."""
-    from llvmlite import ir
+    bits as the scalar kernel's (NaN included).
 
+    ``byte``: a uint8 / int8 tensor (an int8 region's activations), the same passes on vectors of
+    four times as many bytes, with an unsigned / signed max and the dtype's minimum (0 / -128) as
+    padding: it never wins over a real value, and a window of padding only (ceil_mode) gives the
+    minimum, as ONNX Runtime's MaxPool does."""
     from .conv_spatial import masked_load, masked_store
 
     x, y = node.inputs[0], node.outputs[0]
     b = k.b
-    L = maxpool_lanes(g, k.lanes)
-    vec = ir.VectorType(F32, L)
-    minus_inf = ir.Constant(vec, [float("-inf")] * L)
-    width = maxpool_row_width(g, k.lanes)
-    rows = k.stack_array(F32, g.out_h * width)
+    if byte:
+        L = maxpool_lanes(g, 4 * k.lanes)
+        elem = ir.IntType(8)
+        vec = ir.VectorType(elem, L)
+        minus_inf = ir.Constant(vec, [-128 if x.type.dtype == "int8" else 0] * L)
+        width = maxpool_row_width(g, 4 * k.lanes)
+        bload, bstore = _byte_vector_access(k, L)
+        vmax = _byte_max(k, x.type.dtype == "int8")
+
+        def vload(ptr, offset, lanes):
+            return bload(ptr, offset, None)
+
+        def vstore(value, ptr, offset):
+            bstore(value, ptr, offset, None)
+
+        def mload(k, ptr, offset, mask, lanes):
+            return bload(ptr, offset, mask)
+
+        def mstore(k, value, ptr, offset, mask, lanes):
+            bstore(value, ptr, offset, mask)
+    else:
+        L = maxpool_lanes(g, k.lanes)
+        elem = F32
+        vec = ir.VectorType(F32, L)
+        minus_inf = ir.Constant(vec, [float("-inf")] * L)
+        width = maxpool_row_width(g, k.lanes)
+        vload, vstore, mload, mstore, vmax = k.vload, k.vstore, masked_load, masked_store, k.max
+    rows = k.stack_array(elem, g.out_h * width)
     with k.loop(g.out_h * width // L, name="fill") as i:
-        k.vstore(minus_inf, rows, b.mul(i, k.i64(L)))
+        vstore(minus_inf, rows, b.mul(i, k.i64(L)))
     channels = x.type.shape[1]
     even = ir.Constant(ir.VectorType(ir.IntType(32), L), [2 * j for j in range(L)])
     work = g.out_h * g.out_w * g.k_h * g.k_w
@@ -288,12 +358,12 @@ def lower_vector_maxpool(k: KernelBuilder, node: Node, g: Geometry2D) -> None:
                     ih = g.input_row(k, oh, kh)
                     with b.if_then(k.in_range(ih, g.in_h)):
                         src = b.gep(plane, [b.mul(ih, k.i64(g.in_w))])
-                        v = k.vload(src, at, L) if mask is None else masked_load(k, src, at, mask, L)
-                        b.store(k.max(b.load(best), v), best)
+                        v = vload(src, at, L) if mask is None else mload(k, src, at, mask, L)
+                        b.store(vmax(b.load(best), v), best)
                 if mask is None:
-                    k.vstore(b.load(best), middle, at)
+                    vstore(b.load(best), middle, at)
                 else:
-                    masked_store(k, b.load(best), middle, at, mask, L)
+                    mstore(k, b.load(best), middle, at, mask, L)
 
             full = g.in_w // L
             if full:
@@ -311,11 +381,11 @@ def lower_vector_maxpool(k: KernelBuilder, node: Node, g: Geometry2D) -> None:
                 for kw in range(g.k_w):
                     col = b.add(b.mul(ow0, k.i64(g.s_w)), k.i64(kw * g.d_w))
                     if g.s_w == 1:
-                        v = k.vload(row, col, L)
+                        v = vload(row, col, L)
                     else:
-                        v = b.shuffle_vector(k.vload(row, col, L), k.vload(row, b.add(col, k.i64(L)), L), even)
-                    best = k.max(best, v)
-                masked_store(k, best, out_row, ow0, [j < valid for j in range(L)], L)
+                        v = b.shuffle_vector(vload(row, col, L), vload(row, b.add(col, k.i64(L)), L), even)
+                    best = vmax(best, v)
+                mstore(k, best, out_row, ow0, [j < valid for j in range(L)], L)
 
             full_out = g.out_w // L
             if full_out:

@@ -20,9 +20,12 @@ from ...ops import REGISTRY
 from .registry import VIEWS, can_lower
 
 ALIGN = 64
-INT8_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QConv", "QGemm"})
+INT8_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QConv", "QGemm", "QAveragePool"})
 """Ops with integer kernels: their tensors (and views of them) may be uint8, int8 or int32."""
 INTEGER_DTYPES = ("uint8", "int8", "int32")
+BYTE_OPS = frozenset({"MaxPool", "Concat"})
+"""Ops whose kernels also take 8-bit tensors (int8 regions): MaxPool (unsigned or signed max,
+padding the dtype's minimum) and Concat (a copy of any element type)."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,8 @@ def _check_lowerable(graph: Graph, nodes: list[Node], needed: set[Value]) -> Non
         for v in node.outputs + [i for i in node.inputs if i is not None]:
             if v in needed and v.type.dtype != "float32" and _concrete(v) is None:
                 if v.type.dtype in INTEGER_DTYPES and (node.op in INT8_OPS or node.op in VIEWS):
+                    continue
+                if v.type.dtype in ("uint8", "int8") and node.op in BYTE_OPS:
                     continue
                 raise UnsupportedOpError(where, f"the cpu backend computes float32 only; '{v.name}' is {v.type}")
         if node.op == "Dropout" and len(node.outputs) > 1 and node.outputs[1] in needed:
