@@ -171,14 +171,21 @@ def lower_matmul(k: KernelBuilder, node: Node) -> None:
     a_mat, b_mat, y_mat = bld.mul(m, kk), bld.mul(kk, n), bld.mul(m, n)
     batch_dims = [k.dim(d) for d in batch_shape]
     with k.loops(batch_dims, name="bt") as index:
-        a_off, b_off = k.i64(0), k.i64(0)
-        for i, sa, sb in zip(index, a_strides, b_strides):
-            a_off = bld.add(a_off, bld.mul(i, k.i64(sa)))
-            b_off = bld.add(b_off, bld.mul(i, k.i64(sb)))
+        a_off, b_off = batch_offsets(k, index, a_strides, b_strides)
         y_off = bld.mul(k.linear(index, batch_dims), y_mat) if index else k.i64(0)
         emit_matmul_block(k, bld.gep(k.ptr(a), [bld.mul(a_off, a_mat)]), kk, k.i64(1),
                           bld.gep(k.ptr(b_val), [bld.mul(b_off, b_mat)]), n, k.i64(1),
                           bld.gep(k.ptr(y), [y_off]), m, kk, n)
+
+
+def batch_offsets(k: KernelBuilder, index, a_strides, b_strides) -> tuple[ir.Value, ir.Value]:
+    """The matrices of ``A`` and ``B`` (in matrices, after broadcasting) that batch ``index`` reads."""
+    bld = k.b
+    a_off, b_off = k.i64(0), k.i64(0)
+    for i, sa, sb in zip(index, a_strides, b_strides):
+        a_off = bld.add(a_off, bld.mul(i, k.i64(sa)))
+        b_off = bld.add(b_off, bld.mul(i, k.i64(sb)))
+    return a_off, b_off
 
 
 def lower_matmul_blocked(k: KernelBuilder, node: Node, a_shape, b_shape, batch_shape) -> bool:
@@ -210,10 +217,7 @@ def lower_matmul_blocked(k: KernelBuilder, node: Node, a_shape, b_shape, batch_s
     a_mat, y_mat = bld.mul(m, k.i64(kk)), bld.mul(m, k.i64(n))
     batch_dims = [k.dim(d) for d in batch_shape]
     with k.loops(batch_dims, name="bt") as index:
-        a_off, b_off = k.i64(0), k.i64(0)
-        for i, sa, sb in zip(index, a_strides, b_strides):
-            a_off = bld.add(a_off, bld.mul(i, k.i64(sa)))
-            b_off = bld.add(b_off, bld.mul(i, k.i64(sb)))
+        a_off, b_off = batch_offsets(k, index, a_strides, b_strides)
         y_off = bld.mul(k.linear(index, batch_dims), y_mat) if index else k.i64(0)
         ops = blocked.Operands(bld.gep(k.ptr(a), [bld.mul(a_off, a_mat)]), kk, 1,
                                bld.gep(b_ptr, [bld.mul(b_off, k.i64(b_matrix))]), b_val.is_const,
