@@ -55,7 +55,7 @@ from .fold_constants import _make_constant
 from .fuse_activation import known_params
 from .fuse_pool import pool_attrs
 from .fusion import Users, apply_rule, fuse, make_node
-from .quant_common import (INT32_MAX, MOVE_OPS, QParams, absorb_pool, accumulator_bound, activations_to_uint8,
+from .quant_common import (glue_below, INT32_MAX, MOVE_OPS, QParams, absorb_pool, accumulator_bound, activations_to_uint8,
                            clamp_range, const, dequantize_of, fusable_scales, int8_weights, int32_bias, node_params)
 from .rewrite import add_constant, fresh_name, only_user, replace_uses
 
@@ -218,16 +218,7 @@ def fuse_quantized_output(g: Graph, node: Node, users: Users) -> bool:
     out = node_params(node)
     if out is None or not out.per_tensor or not out.normal:
         return False
-    consumer, value, act, pool = node, node.inputs[0], None, None
-    while value.producer is not None and only_user(g, value, users) is consumer:
-        p = value.producer
-        if p.op == "MaxPool" and p.domain == "" and pool is None and len(p.outputs) == 1:
-            pool = p
-        elif p.op in ("Relu", "Clip") and p.domain == "" and act is None and known_params(p):
-            act = p
-        else:
-            break
-        consumer, value = p, p.inputs[0]
+    consumer, value, act, pool = glue_below(g, node, users)
     if only_user(g, value, users) is not consumer:
         return False
     layer = match_layer(g, value, users)

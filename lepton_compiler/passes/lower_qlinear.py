@@ -48,9 +48,8 @@ from ..ops.fused import DOMAIN
 from .base import Pass, PassOptions, PassResult
 from .fusion import Users, apply_rule, fuse, make_node
 from ..ops.activations import activation_params
-from .fuse_activation import known_params
 from .fuse_pool import pool_attrs
-from .quant_common import (QParams, absorb_pool, activations_to_uint8, clamp_range, const, dequantize_of, int8_weights,
+from .quant_common import (glue_below, QParams, absorb_pool, activations_to_uint8, clamp_range, const, dequantize_of, int8_weights,
                            node_params, params)
 from .rewrite import add_constant, fresh_name, only_user
 
@@ -229,16 +228,7 @@ def fold_quantized_glue(g: Graph, node: Node, users: Users) -> bool:
     """Q(act?(MaxPool?(DQ(QConv)))) -> QConv[y_min/y_max, pool_*] when Q and DQ have the same parameters."""
     if node.op != "QuantizeLinear" or node.domain != "" or node.outputs[0].type.dtype != "uint8":
         return False
-    consumer, value, act, pool = node, node.inputs[0], None, None
-    while value.producer is not None and only_user(g, value, users) is consumer:
-        p = value.producer
-        if p.op == "MaxPool" and p.domain == "" and pool is None:
-            pool = p
-        elif p.op in ("Relu", "Clip") and p.domain == "" and act is None and known_params(p):
-            act = p
-        else:
-            break
-        consumer, value = p, p.inputs[0]
+    consumer, value, act, pool = glue_below(g, node, users)
     dq = dequantize_of(value)
     if dq is None or only_user(g, value, users) is not consumer or value in g.outputs:
         return False

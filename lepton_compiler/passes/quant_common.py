@@ -17,6 +17,7 @@ import numpy as np
 from ..ir import Graph, Node, TensorType, Value
 from ..ops import infer_graph, qmath
 from ..ops.fused import DOMAIN
+from .fuse_activation import known_params
 from .fuse_pool import pool_attrs
 from .fusion import Users, fuse, make_node
 from .rewrite import add_constant, only_user
@@ -284,3 +285,21 @@ def absorb_pool(g: Graph, node: Node, users: Users) -> bool:
     if attrs is None:
         return False
     return fuse(g, make_node("QConv", conv.name, list(conv.inputs), {**conv.attrs, **attrs}, DOMAIN), node, [conv])
+
+
+def glue_below(g: Graph, node: Node, users: Users):
+    """Walk up from ``node`` (a QuantizeLinear) over at most one single-output MaxPool and one
+    Relu/Clip with known bounds, each the only reader of what it reads; returns
+    ``(consumer, value, activation node or None, pool node or None)`` where ``value`` is what the
+    topmost op reads and ``consumer`` that op (``node`` itself when there is no glue)."""
+    consumer, value, act, pool = node, node.inputs[0], None, None
+    while value.producer is not None and only_user(g, value, users) is consumer:
+        p = value.producer
+        if p.op == "MaxPool" and p.domain == "" and pool is None and len(p.outputs) == 1:
+            pool = p
+        elif p.op in ("Relu", "Clip") and p.domain == "" and act is None and known_params(p):
+            act = p
+        else:
+            break
+        consumer, value = p, p.inputs[0]
+    return consumer, value, act, pool
