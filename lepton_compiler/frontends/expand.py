@@ -331,4 +331,14 @@ def expand_qavgpool(node: Node, fresh):
     return nodes, inits
 
 
-EXPANSIONS.update({"QConv": expand_qconv, "QGemm": expand_qgemm, "QAveragePool": expand_qavgpool})
+def expand_qlookup(node: Node, fresh):
+    """``Gather(table, Cast(x, int32))``: ``y[i] = table[x[i]]`` exactly (``ops/qlookup.py``)."""
+    index = fresh(f"{node.name}_index")
+    nodes = [helper.make_node("Cast", [node.inputs[0].name], [index], name=fresh(f"{node.name}_cast"),
+                              to=TensorProto.INT32),
+             helper.make_node("Gather", [node.inputs[1].name, index], [node.outputs[0].name], name=node.name, axis=0)]
+    return nodes, []
+
+
+EXPANSIONS.update({"QConv": expand_qconv, "QGemm": expand_qgemm, "QAveragePool": expand_qavgpool,
+                   "QLookup": expand_qlookup})

@@ -355,3 +355,4 @@ def is_quantized(op: str) -> bool:
 __all__ = ["POOL_ATTRS", "integer_conv", "is_quantized"]
 
 from . import qpool  # noqa: E402,F401  (registers lepton.QAveragePool, the int8 average pool)
+from . import qlookup  # noqa: E402,F401  (registers lepton.QLookup, an int8 elementwise table)

@@ -298,9 +298,13 @@ Runner = Callable[[Mapping[str, np.ndarray], Sequence[str]], Sequence[np.ndarray
 
 
 def interpreter_runner(graph: Graph) -> Runner:
-    """Runs ``graph`` with the reference interpreter, returning the named values."""
+    """Runs ``graph`` with the reference interpreter, returning the named values. The graph run is
+    ``rewrite.split_activations(graph)``: the same values, plus the pre-activation output of each
+    layer whose fused activation an int8 region would apply as a table (``preactivation_name``)."""
     from ..ops.interpreter import interpret
-    return lambda feed, names: interpret(graph, feed, names)
+    from .rewrite import split_activations
+    observed = split_activations(graph)
+    return lambda feed, names: interpret(observed, feed, names)
 
 
 @dataclass

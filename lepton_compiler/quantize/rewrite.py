@@ -15,6 +15,16 @@ under the node's own name (the original ONNX Conv/Gemm name, which fused nodes k
   commutes with the monotonic requantization). Otherwise **float32**: the layer ends an int8
   region and applies its activation (and softmax) in fp32, so no DequantizeLinear is needed.
 
+A layer whose fused activation is not a clamp (``LOOKUP_ACTIVATIONS``: HardSwish, Sigmoid, Tanh,
+LeakyRelu, HardSigmoid, Elu, Selu; no fused pooling or softmax) keeps the region going when every
+reader of its output takes uint8: the QConv/QGemm gets a uint8 *pre-activation* output (the range
+calibration observed on ``preactivation_name(output)``, from the graph ``split_activations`` makes)
+and a ``lepton.QLookup`` (``ops/qlookup.py``) maps it to the activation's output, with the table
+``quantize(act(dequantize(q)))`` of the two scales. A standalone such activation reading a uint8
+value becomes a QLookup the same way (a region op with its own calibrated output range). Without the
+pre-activation range (a calibration table stored before it was observed) the layer keeps today's
+float output.
+
 A ``QuantizeLinear`` is inserted where an int8 layer reads a float value (the start of an
 int8 region), once per value however many int8 layers read it. Views of a uint8 value are
 uint8 and share its scale.
@@ -47,7 +57,8 @@ import numpy as np
 
 from ..errors import LeptonError
 from ..ir import Graph, Node, TensorType, Value
-from ..ops import infer_graph, qmath, qpool
+from ..ops import infer_graph, qlookup, qmath, qpool
+from ..ops.activations import ACTIVATIONS, activation_params
 from ..ops.fused import DOMAIN, POOL_ATTRS, conv_output_type
 from ..ops.registry import REGISTRY, OpKind
 
@@ -58,6 +69,8 @@ GEMM_OPS = ("Gemm", "FusedGemm")
 CLAMP_ACTIVATIONS = ("", "Relu", "Clip")
 """Fused activations a uint8 output expresses as ``[y_min, y_max]``."""
 CONV_ATTRS = ("kernel_shape", "strides", "pads", "dilations", "group", "auto_pad")
+LOOKUP_ACTIVATIONS = ("LeakyRelu", "Sigmoid", "Tanh", "HardSwish", "Elu", "Selu", "HardSigmoid")
+"""Activations a uint8 region applies as a ``lepton.QLookup`` table (bounded, defined everywhere)."""
 
 
 @dataclass(frozen=True)
@@ -161,27 +174,68 @@ def is_view(node: Node) -> bool:
         all(v is None or v.is_const for v in node.inputs[1:])
 
 
+def lookup_layer(node: Node) -> bool:
+    """Whether ``node`` (a layer) applies an activation a QLookup can take over: one of
+    ``LOOKUP_ACTIVATIONS`` with no fused pooling or softmax after it."""
+    return node.attr("activation", "") in LOOKUP_ACTIVATIONS and node.attr("pool_kernel") is None and \
+        not node.attr("softmax", 0)
+
+
+def preactivation_name(value_name: str) -> str:
+    """The name calibration gives a lookup layer's output before its activation."""
+    return f"{value_name}/preactivation"
+
+
+def split_activations(graph: Graph) -> Graph:
+    """A copy of ``graph`` (the same values) where each supported lookup layer is split into the
+    layer without its activation, writing ``preactivation_name(output)``, and the standalone
+    activation writing the layer's output: calibration observes both (the fused kernels compute
+    the same activation as the standalone op, so every other value is unchanged)."""
+    g = graph.copy()
+    nodes = []
+    for node in g.nodes:
+        if not (is_layer(node) and unsupported(node) is None and lookup_layer(node)):
+            nodes.append(node)
+            continue
+        out = node.outputs[0]
+        act = node.attr("activation")
+        pre = Value(preactivation_name(out.name), out.type)
+        attrs = {k: v for k, v in node.attrs.items() if k not in ("activation", "activation_params")}
+        params = node.attr("activation_params", []) or ACTIVATIONS[act].defaults
+        nodes.append(Node(node.op, node.name, list(node.inputs), [pre], attrs, node.domain))
+        nodes.append(Node(act, f"{node.name}/{act}", [pre], [out],
+                          dict(zip(ACTIVATIONS[act].params, [float(p) for p in params]))))
+    g.nodes = nodes
+    infer_graph(g)
+    return g
+
+
 def observed_values(graph: Graph) -> list[str]:
-    """The values calibration must observe: the input, residual and output of every supported layer,
-    and the output of every average pool an int8 region may hold (its own output range)."""
+    """The values calibration must observe: the input, residual and output of every supported layer
+    (and a lookup layer's pre-activation output, a value of ``split_activations(graph)``), and the
+    output of every average pool and lookup activation an int8 region may hold (its own range)."""
     names: list[str] = []
     for node in layers(graph):
         if unsupported(node) is None:
             for v in (node.inputs[0], residual_input(node), node.outputs[0]):
                 if v is not None and v.name not in names:
                     names.append(v.name)
+            if lookup_layer(node):
+                names.append(preactivation_name(node.outputs[0].name))
     for node in graph.nodes:
-        if node.op in AVG_OPS and region_op(node, None) and node.outputs[0].name not in names:
+        if node.op in OWN_RANGE_OPS and region_op(node, None) and node.outputs[0].name not in names:
             names.append(node.outputs[0].name)
     return names
 
 
 # -- region ops: uint8 in, uint8 out, no layer of their own ------------------------------------
 AVG_OPS = ("AveragePool", "GlobalAveragePool")
-REGION_OPS = ("MaxPool", "Concat") + AVG_OPS
+REGION_OPS = ("MaxPool", "Concat") + AVG_OPS + LOOKUP_ACTIVATIONS
+OWN_RANGE_OPS = AVG_OPS + LOOKUP_ACTIVATIONS
 """Ops an int8 region holds on uint8 values: MaxPool and Concat exactly (the output keeps the
 input's scale and zero point; a Concat's inputs all get the same ones), the averages as
-``lepton.QAveragePool`` (their own calibrated output range)."""
+``lepton.QAveragePool`` and the lookup activations as ``lepton.QLookup`` (their own calibrated
+output range)."""
 
 
 def region_op(node: Node, ranges: Optional[Mapping[str, tuple[float, float]]]) -> bool:
@@ -192,7 +246,11 @@ def region_op(node: Node, ranges: Optional[Mapping[str, tuple[float, float]]]) -
     x = node.inputs[0]
     if node.op == "Concat":
         return all(v is not None and not v.is_const and v.type.dtype == "float32" for v in node.inputs)
-    if x is None or x.type.dtype != "float32" or x.type.rank not in (3, 4):
+    if x is None or x.type.dtype != "float32":
+        return False
+    if node.op in LOOKUP_ACTIVATIONS:
+        return ranges is None or node.outputs[0].name in ranges
+    if x.type.rank not in (3, 4):
         return False
     if node.op == "MaxPool":
         return node.attr("storage_order", 0) == 0
@@ -312,6 +370,9 @@ def quantize_graph(graph: Graph, ranges: Mapping[str, tuple[float, float]],
             out = node.outputs[0]
             if node.op in AVG_OPS:
                 node = _quantized_avgpool(node, params[node.inputs[0]], value_params[out])
+            elif node.op in LOOKUP_ACTIVATIONS:
+                node = _lookup(b, node.name, node.op, activation_params(node), node.inputs[0],
+                               params[node.inputs[0]], out, value_params[out])
             params[out] = value_params[out]
             nodes.append(node)
             continue
@@ -323,11 +384,23 @@ def quantize_graph(graph: Graph, ranges: Mapping[str, tuple[float, float]],
         x, r = uint8_value(node.inputs[0]), residual_input(node)
         if r is not None:   # from an int8 region, or quantized here at the region's edge
             r = uint8_value(r)
-        uint8_out = node.outputs[0] in uint8_values
-        new = _quantized_layer(b, node, x, params[x], value_params[node.outputs[0]] if uint8_out else None,
-                               r, None if r is None else params[r])
+        out = node.outputs[0]
+        uint8_out = out in uint8_values
+        lookup = uint8_out and node.attr("activation", "") not in CLAMP_ACTIVATIONS
+        if lookup:   # uint8 before the activation, then the table into the output's parameters
+            pre = Value(b.unique(f"{out.name}_preactivation"), TensorType("uint8", out.type.shape))
+            pre_params = qmath.choose_uint8(*ranges[preactivation_name(out.name)])
+            new = _quantized_layer(b, node, x, params[x], pre_params, r, None if r is None else params[r], out=pre)
+            params[pre] = pre_params
+            act = node.attr("activation")
+            nodes.append(new)
+            new = _lookup(b, b.unique(f"{node.name}/{act}"), act, node.attr("activation_params", []), pre,
+                          pre_params, out, value_params[out])
+        else:
+            new = _quantized_layer(b, node, x, params[x], value_params[out] if uint8_out else None,
+                                   r, None if r is None else params[r])
         if uint8_out:
-            params[node.outputs[0]] = value_params[node.outputs[0]]
+            params[out] = value_params[out]
         nodes.append(new)
         decisions.append(LayerDecision(node.name, _kind(node), True, "uint8" if uint8_out else "float32", "",
                                        macs[node]))
@@ -343,7 +416,8 @@ def _uint8_values(g: Graph, int8: set, users, outputs: set, ranges) -> set:
     of views and of region ops, read only by int8 layers (input or residual) and by views and
     region ops whose every data input and output are uint8 too. The largest such set: start from
     every candidate and drop values that break a condition until none does."""
-    candidates = {n for n in g.nodes if (n in int8 and n.attr("activation", "") in CLAMP_ACTIVATIONS)
+    candidates = {n for n in g.nodes if (n in int8 and (n.attr("activation", "") in CLAMP_ACTIVATIONS or
+                                                         uses_lookup(n, ranges)))
                   or (n not in int8 and n.outputs and (is_view(n) or region_op(n, ranges)))}
     held = {n.outputs[0] for n in candidates if n.outputs[0] not in outputs and users.get(n.outputs[0])}
 
@@ -383,7 +457,7 @@ def _shared_params(g: Graph, int8: set, held: set, ranges) -> dict:
         out = node.outputs[0] if node.outputs else None
         if out not in held:
             continue
-        if node in int8 or node.op in AVG_OPS:
+        if node in int8 or node.op in OWN_RANGE_OPS:
             parent[out] = out
             roots.append(out)
         elif node.op == "Concat":
@@ -400,6 +474,19 @@ def _shared_params(g: Graph, int8: set, held: set, ranges) -> dict:
         old = span.get(top, (lo, hi))
         span[top] = (min(old[0], lo), max(old[1], hi))
     return {v: qmath.choose_uint8(*span[find(v)]) for v in held}
+
+
+def uses_lookup(node: Node, ranges) -> bool:
+    """Whether an int8 layer can have a uint8 output through a QLookup (its pre-activation range is
+    calibrated)."""
+    return lookup_layer(node) and preactivation_name(node.outputs[0].name) in ranges
+
+
+def _lookup(b: "_Builder", name: str, act: str, params, x: Value, x_params, out: Value, y_params) -> Node:
+    """The ``lepton.QLookup`` mapping the uint8 ``x`` through ``act`` to the uint8 ``out``."""
+    t = qlookup.table(act, params, x_params, y_params)
+    out.type = TensorType("uint8", out.type.shape)
+    return Node("QLookup", name, [x, b.const(f"{name}_table", t)], [out], {}, DOMAIN)
 
 
 def _quantized_avgpool(node: Node, x_params: tuple[float, int], y_params: tuple[float, int]) -> Node:
@@ -430,9 +517,10 @@ def _clamp(node: Node, scale: float, zp: int) -> tuple[int, int]:
 
 def _quantized_layer(b: _Builder, node: Node, x: Value, x_params: tuple[float, int],
                      y_params: Optional[tuple[float, int]], r: Optional[Value] = None,
-                     r_params: Optional[tuple[float, int]] = None) -> Node:
+                     r_params: Optional[tuple[float, int]] = None, out: Optional[Value] = None) -> Node:
     """The QConv/QGemm of ``node`` reading the uint8 ``x`` (and the uint8 residual ``r``); uint8
-    output with ``y_params``, float output when None. It keeps the node's name and output value."""
+    output with ``y_params``, float output when None. It keeps the node's name and output value
+    (``out``: a uint8 pre-activation value instead, the activation left to a QLookup)."""
     x_scale, x_zp = x_params
     w = np.asarray(node.inputs[1].const, np.float32)
     if node.op in CONV_OPS:
@@ -456,7 +544,7 @@ def _quantized_layer(b: _Builder, node: Node, x: Value, x_params: tuple[float, i
         inputs = inputs + [None] * (3 - len(inputs)) + [r]
         attrs.update({"r_scale": float(r_params[0]), "r_zero_point": int(r_params[1])})
     if y_params is not None:
-        y_min, y_max = _clamp(node, *y_params)
+        y_min, y_max = _clamp(node, *y_params) if out is None else (0, 255)
         attrs.update({"y_scale": float(y_params[0]), "y_zero_point": int(y_params[1]), "y_min": y_min,
                       "y_max": y_max, "output_dtype": "uint8"})
     else:
@@ -466,6 +554,6 @@ def _quantized_layer(b: _Builder, node: Node, x: Value, x_params: tuple[float, i
             attrs["activation_params"] = list(node.attr("activation_params", []))
         if op == "QGemm" and node.attr("softmax", 0):
             attrs["softmax"] = 1
-    out = node.outputs[0]
+    out = node.outputs[0] if out is None else out
     out.type = TensorType("uint8" if y_params is not None else "float32", out.type.shape)
     return Node(op, node.name, inputs, [out], attrs, DOMAIN)

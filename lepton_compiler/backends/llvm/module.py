@@ -24,7 +24,7 @@ from ...errors import UnsupportedOpError
 from ...ir import Graph, Value, dim_factors
 from ...ops import REGISTRY
 from . import conv, conv_transpose, dense, elementwise, layout, norm, pool, reduce, softmax, tensor  # noqa: F401
-from . import qconv, qdense, qdynamic, qpool, quantize  # noqa: F401  (int8 kernels)
+from . import qconv, qdense, qdynamic, qlookup, qpool, quantize  # noqa: F401  (int8 kernels)
 from .codegen import I8, I64, LLVM_TYPES, VOID, KernelBuilder, _ident
 from .plan import Plan, Storage, make_plan, size_in_bytes
 from .registry import LOWERINGS, NotLowerable

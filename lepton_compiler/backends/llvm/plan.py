@@ -20,7 +20,7 @@ from ...ops import REGISTRY
 from .registry import VIEWS, can_lower
 
 ALIGN = 64
-INT8_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QConv", "QGemm", "QAveragePool"})
+INT8_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QConv", "QGemm", "QAveragePool", "QLookup"})
 """Ops with integer kernels: their tensors (and views of them) may be uint8, int8 or int32."""
 INTEGER_DTYPES = ("uint8", "int8", "int32")
 BYTE_OPS = frozenset({"MaxPool", "Concat"})
