@@ -418,6 +418,7 @@ def cmd_serve(args) -> int:
     url = serve(artifact, replicas=args.replicas, max_batch_size=args.max_batch_size,
                 batch_wait_ms=args.batch_wait_ms, threads=args.threads, host=args.host, port=args.port,
                 name=args.name, address=args.address)
+    _stop_on_signals()
     print(f"serving {args.artifact} at {url} (POST {url}, GET {url}health, GET {url}stats); Ctrl-C stops",
           flush=True)
     try:
@@ -430,6 +431,18 @@ def cmd_serve(args) -> int:
 
 
 COMMANDS["serve"] = cmd_serve
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM (what service managers send) both stop ``lepton serve`` cleanly, also
+    where the shell started it with SIGINT ignored (a background job of a script)."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
