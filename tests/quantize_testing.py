@@ -1,4 +1,5 @@
-"""Shared by the quantization tests: a small conv/relu/pool/gemm model, MNIST calibration data."""
+"""Shared by the quantization tests: a small conv/relu/pool/gemm model, MNIST calibration data,
+and the check that every uint8 value of an int8 graph is the same compiled, interpreted and in ORT."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from pathlib import Path
 import numpy as np
 from onnx import helper
 
-from conftest import make_model
+import lepton_compiler as lc
+from conftest import make_model, ort_run
+from lepton_compiler.api import compile_graph
+from lepton_compiler.ops import interpret
 
 MNIST_TRAIN = Path(__file__).resolve().parents[1] / "examples" / "mnist" / "data" / "mnist_train4000.npz"
 
@@ -47,3 +51,29 @@ def mnist_calibration(n: int = 200):
     """The first ``n`` training images as the model takes them, and their labels."""
     data = np.load(MNIST_TRAIN)
     return data["x"][:n].astype(np.float32) / 255, data["y"][:n]
+
+
+def quantized_with_inputs(model, shape, seed=1):
+    """``model`` compiled in int8 (calibrated on 16 normal samples of ``shape``), and 5 fresh inputs."""
+    rng = np.random.default_rng(seed)
+    cal = rng.standard_normal((16,) + tuple(shape)).astype(np.float32)
+    compiled = lc.compile(model, quantize="int8", calibration={"X": cal}, threads=1)
+    return compiled, rng.standard_normal((5,) + tuple(shape)).astype(np.float32)
+
+
+def check_uint8_values_exact(compiled, x):
+    """Every uint8 value: compiled == interpreter, and the ONNX export run by ORT == interpreter."""
+    g = compiled.quantization.graph.copy()
+    uint8 = [v for v in g.values() if v.type.dtype == "uint8" and not v.is_const]
+    g.outputs = list(g.outputs) + uint8
+    model = compile_graph(g, options={"threads": 1})
+    exported = g.to_onnx()
+    for batch in (x[:1], x):
+        want = interpret(g, {"X": batch})
+        got = model.run(None, {"X": batch})
+        ort = ort_run(exported, {"X": batch})
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5 * float(np.max(np.abs(want[0]))))
+        for value, a, b, c in zip(uint8, got[1:], want[1:], ort[1:]):
+            np.testing.assert_array_equal(a, b, err_msg=value.name)
+            np.testing.assert_array_equal(c, b, err_msg=f"ORT {value.name}")
+    return g

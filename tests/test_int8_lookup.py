@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from onnx import helper
 
-import lepton_compiler as lc
 from conftest import make_model, ort_run
 from lepton_compiler.api import compile_graph
 from lepton_compiler.backends.llvm import qlookup as kernel
@@ -28,6 +27,7 @@ from lepton_compiler.ops import interpret, qlookup, qmath
 from lepton_compiler.ops.activations import ACTIVATIONS
 from lepton_compiler.quantize.rewrite import preactivation_name, quantize_graph
 from qkernel_testing import QBuilder
+from quantize_testing import check_uint8_values_exact, quantized_with_inputs
 
 HOST = kernel.natural_path(host_target())
 RUNNABLE = kernel.PATHS[kernel.PATHS.index(HOST):]
@@ -136,31 +136,6 @@ def _gemm_sigmoid_gemm(rng):
     return _model(nodes, inits, (64,), (10,)), (64,)
 
 
-def _quantized(model, shape, seed=1):
-    rng = np.random.default_rng(seed)
-    cal = rng.standard_normal((16,) + tuple(shape)).astype(np.float32)
-    compiled = lc.compile(model, quantize="int8", calibration={"X": cal}, threads=1)
-    return compiled, rng.standard_normal((5,) + tuple(shape)).astype(np.float32)
-
-
-def _check_exact(compiled, x):
-    """Every uint8 value: compiled == interpreter, and the ONNX export run by ORT == interpreter."""
-    g = compiled.quantization.graph.copy()
-    uint8 = [v for v in g.values() if v.type.dtype == "uint8" and not v.is_const]
-    g.outputs = list(g.outputs) + uint8
-    model = compile_graph(g, options={"threads": 1})
-    exported = g.to_onnx()
-    for batch in (x[:1], x):
-        want = interpret(g, {"X": batch})
-        got = model.run(None, {"X": batch})
-        ort = ort_run(exported, {"X": batch})
-        np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5 * float(np.max(np.abs(want[0]))))
-        for value, a, b, c in zip(uint8, got[1:], want[1:], ort[1:]):
-            np.testing.assert_array_equal(a, b, err_msg=value.name)
-            np.testing.assert_array_equal(c, b, err_msg=f"ORT {value.name}")
-    return g
-
-
 def _check_lookup_ir(compiled, layer_op: str, act: str, params=()):
     q = compiled.quantization
     g, ranges = q.graph, q.calibration.ranges
@@ -184,29 +159,29 @@ def _check_lookup_ir(compiled, layer_op: str, act: str, params=()):
 
 
 def test_conv_hardswish_conv():
-    compiled, x = _quantized(*_conv_act_conv("HardSwish", np.random.default_rng(0)))
+    compiled, x = quantized_with_inputs(*_conv_act_conv("HardSwish", np.random.default_rng(0)))
     _check_lookup_ir(compiled, "QConv", "HardSwish")
-    _check_exact(compiled, x)
+    check_uint8_values_exact(compiled, x)
 
 
 def test_gemm_sigmoid_gemm():
-    compiled, x = _quantized(*_gemm_sigmoid_gemm(np.random.default_rng(1)))
+    compiled, x = quantized_with_inputs(*_gemm_sigmoid_gemm(np.random.default_rng(1)))
     _check_lookup_ir(compiled, "QGemm", "Sigmoid")
-    _check_exact(compiled, x)
+    check_uint8_values_exact(compiled, x)
 
 
 @pytest.mark.parametrize("act, attrs, params", [("LeakyRelu", {"alpha": 0.2}, (0.2,)), ("Tanh", {}, ()),
                                                 ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}, (0.3, 0.4)),
                                                 ("Elu", {"alpha": 0.7}, (0.7,))])
 def test_other_activations_keep_the_region(act, attrs, params):
-    compiled, x = _quantized(*_conv_act_conv(act, np.random.default_rng(2), attrs))
+    compiled, x = quantized_with_inputs(*_conv_act_conv(act, np.random.default_rng(2), attrs))
     _check_lookup_ir(compiled, "QConv", act, params)
-    _check_exact(compiled, x)
+    check_uint8_values_exact(compiled, x)
 
 
 def test_without_preactivation_ranges_the_output_stays_float():
     """A calibration table stored before pre-activation ranges were observed: float output, as before."""
-    compiled, _ = _quantized(*_conv_act_conv("HardSwish", np.random.default_rng(0)))
+    compiled, _ = quantized_with_inputs(*_conv_act_conv("HardSwish", np.random.default_rng(0)))
     q = compiled.quantization
     ranges = {k: v for k, v in q.calibration.ranges.items() if k != preactivation_name("ya")}
     g = quantize_graph(q.fp32, ranges).graph
@@ -218,7 +193,7 @@ def test_a_float_reader_keeps_the_float_output():
     """The activation's output is also the model's output: the layer keeps its float output."""
     model, shape = _conv_act_conv("HardSwish", np.random.default_rng(0))
     model.graph.output.append(helper.make_tensor_value_info("ya", 1, None))
-    compiled, _ = _quantized(model, shape)
+    compiled, _ = quantized_with_inputs(model, shape)
     g = compiled.quantization.graph
     assert "QLookup" not in [n.op for n in g.nodes]
     assert g.nodes[1].attr("output_dtype") == "float32"
@@ -237,7 +212,7 @@ def test_standalone_activation_in_a_region():
              "a_b": (rng.standard_normal(8) * 0.1).astype(np.float32),
              "b_w": (rng.standard_normal((4, 8, 1, 1)) * 0.3).astype(np.float32),
              "b_b": (rng.standard_normal(4) * 0.1).astype(np.float32)}
-    compiled, x = _quantized(_model(nodes, inits, (3, 10, 12), (4, 5, 6)), (3, 10, 12))
+    compiled, x = quantized_with_inputs(_model(nodes, inits, (3, 10, 12), (4, 5, 6)), (3, 10, 12))
     q = compiled.quantization
     g = q.graph
     assert [(n.op, n.name) for n in g.nodes] == [("QuantizeLinear", "X/QuantizeLinear"), ("QConv", "a"),
@@ -248,4 +223,4 @@ def test_standalone_activation_in_a_region():
     post = qmath.choose_uint8(*q.calibration.ranges["t"])
     np.testing.assert_array_equal(lookup.inputs[1].const, qlookup.table("Tanh", [], pre, post))
     assert (b.attr("x_scale"), b.attr("x_zero_point")) == post
-    _check_exact(compiled, x)
+    check_uint8_values_exact(compiled, x)

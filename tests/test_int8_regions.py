@@ -18,9 +18,9 @@ from onnx import helper
 
 import lepton_compiler as lc
 from conftest import make_model, ort_run
-from lepton_compiler.api import compile_graph
 from lepton_compiler.ops import interpret, qmath
 from lepton_compiler.quantize.rewrite import quantize_graph
+from quantize_testing import check_uint8_values_exact, quantized_with_inputs
 
 MAXPOOL_CASES = [   # (input shape, attributes)
     ((2, 3, 9, 9), dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)),
@@ -88,38 +88,13 @@ def _model(parts, x_shape, out_shape, opset=17):
     return make_model(nodes, [("X", ["N"] + list(x_shape))], [("Y", ["N"] + list(out_shape))], inits, opset=opset)
 
 
-def _quantized(model, shape, seed=1):
-    rng = np.random.default_rng(seed)
-    cal = rng.standard_normal((16,) + tuple(shape)).astype(np.float32)
-    compiled = lc.compile(model, quantize="int8", calibration={"X": cal}, threads=1)
-    return compiled, rng.standard_normal((5,) + tuple(shape)).astype(np.float32)
-
-
-def _check_exact(compiled, x):
-    """Every uint8 value: compiled == interpreter, and the ONNX export run by ORT == interpreter."""
-    g = compiled.quantization.graph.copy()
-    uint8 = [v for v in g.values() if v.type.dtype == "uint8" and not v.is_const]
-    g.outputs = list(g.outputs) + uint8
-    model = compile_graph(g, options={"threads": 1})
-    exported = g.to_onnx()
-    for batch in (x[:1], x):
-        want = interpret(g, {"X": batch})
-        got = model.run(None, {"X": batch})
-        ort = ort_run(exported, {"X": batch})
-        np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5 * float(np.max(np.abs(want[0]))))
-        for value, a, b, c in zip(uint8, got[1:], want[1:], ort[1:]):
-            np.testing.assert_array_equal(a, b, err_msg=value.name)
-            np.testing.assert_array_equal(c, b, err_msg=f"ORT {value.name}")
-    return g
-
-
 def test_concat_of_two_convs_shares_parameters():
     rng = np.random.default_rng(0)
     parts = [_conv(rng, "a", "X", "ya", 3, 8), _conv(rng, "b", "X", "yb", 3, 8, k=5),
              ([helper.make_node("Concat", ["ya", "yb"], ["cat"], name="cat", axis=1)], {}),
              _conv(rng, "c", "cat", "Y", 16, 4, relu=False)]
     model = _model(parts, (3, 10, 12), (4, 10, 12))
-    compiled, x = _quantized(model, (3, 10, 12))
+    compiled, x = quantized_with_inputs(model, (3, 10, 12))
     q = compiled.quantization
     g = q.graph
     assert [(n.op, n.name) for n in g.nodes] == [("QuantizeLinear", "X/QuantizeLinear"), ("QConv", "a"),
@@ -135,7 +110,7 @@ def test_concat_of_two_convs_shares_parameters():
     assert cat.outputs[0].type.dtype == "uint8" and cat.inputs == [a.outputs[0], b.outputs[0]]
     assert (c.inputs[0] is cat.outputs[0]) and (c.attr("x_scale"), c.attr("x_zero_point")) == (scale, zp)
     assert c.attr("output_dtype") == "float32"
-    _check_exact(compiled, x)
+    check_uint8_values_exact(compiled, x)
 
 
 def test_concat_with_a_float_input_ends_the_region():
@@ -145,7 +120,7 @@ def test_concat_with_a_float_input_ends_the_region():
     parts = [_conv(rng, "a", "X", "ya", 3, 8), ([helper.make_node("Sigmoid", ["X"], ["s"], name="sig")], {}),
              ([helper.make_node("Concat", ["ya", "s"], ["cat"], name="cat", axis=1)], {}),
              _conv(rng, "c", "cat", "Y", 11, 4, relu=False)]
-    compiled, x = _quantized(_model(parts, (3, 10, 12), (4, 10, 12)), (3, 10, 12))
+    compiled, x = quantized_with_inputs(_model(parts, (3, 10, 12), (4, 10, 12)), (3, 10, 12))
     g = compiled.quantization.graph
     assert [n.op for n in g.nodes] == ["Sigmoid", "QuantizeLinear", "QConv", "Concat", "QuantizeLinear", "QConv"]
     assert g.nodes[2].attr("output_dtype") == "float32" and g.nodes[3].outputs[0].type.dtype == "float32"
@@ -163,7 +138,7 @@ def test_standalone_maxpool_keeps_the_input_parameters():
                                 ceil_mode=1),
                helper.make_node("Concat", ["yb", "pc"], ["Y"], name="cat", axis=1)], {})]
     model = _model(parts, (3, 11, 11), (12, 5, 5))
-    compiled, x = _quantized(model, (3, 11, 11))
+    compiled, x = quantized_with_inputs(model, (3, 11, 11))
     g = compiled.quantization.graph
     ops = {n.name: n for n in g.nodes}
     pool = ops["pool"]
@@ -173,7 +148,7 @@ def test_standalone_maxpool_keeps_the_input_parameters():
     assert (ops["b"].attr("x_scale"), ops["b"].attr("x_zero_point")) == (a.attr("y_scale"), a.attr("y_zero_point"))
     assert ops["b"].attr("output_dtype") == "float32"    # read by the graph output's Concat
     assert ops["c"].attr("output_dtype") == "float32"    # its pool (fused) feeds the output's Concat
-    _check_exact(compiled, x)
+    check_uint8_values_exact(compiled, x)
 
 
 def test_global_average_pool_head_stays_uint8():
@@ -185,7 +160,7 @@ def test_global_average_pool_head_stays_uint8():
               {"fc_w": rng.standard_normal((10, 16)).astype(np.float32) * 0.3,
                "fc_b": rng.standard_normal(10).astype(np.float32) * 0.1})]
     model = _model(parts, (3, 9, 7), (10,))
-    compiled, x = _quantized(model, (3, 9, 7))
+    compiled, x = quantized_with_inputs(model, (3, 9, 7))
     q = compiled.quantization
     g = q.graph
     assert [(n.op, n.name) for n in g.nodes] == [("QuantizeLinear", "X/QuantizeLinear"), ("QConv", "a"),
@@ -196,7 +171,7 @@ def test_global_average_pool_head_stays_uint8():
                          "y_scale": y_scale, "y_zero_point": y_zp}
     assert (fc.attr("a_scale"), fc.attr("a_zero_point"), fc.attr("output_dtype")) == (y_scale, y_zp, "float32")
     assert [d.output for d in q.quantized.layers] == ["uint8", "float32"]
-    _check_exact(compiled, x)
+    check_uint8_values_exact(compiled, x)
 
 
 AVG_CASES = [
@@ -216,8 +191,8 @@ def test_average_pool_in_region(attrs):
              ([helper.make_node("AveragePool", ["ya"], ["avg"], name="avg", **attrs)], {}),
              _conv(rng, "b", "avg", "Y", 6, 4, k=1, relu=False)]
     model = _model(parts, (3, 11, 13), (4, None, None))
-    compiled, x = _quantized(model, (3, 11, 13))
-    g = _check_exact(compiled, x)
+    compiled, x = quantized_with_inputs(model, (3, 11, 13))
+    g = check_uint8_values_exact(compiled, x)
     assert [n.op for n in g.nodes] == ["QuantizeLinear", "QConv", "QAveragePool", "QConv"]
 
 
@@ -228,7 +203,7 @@ def test_qaveragepool_rounds_as_documented():
              ([helper.make_node("GlobalAveragePool", ["ya"], ["gap"], name="gap")], {}),
              _conv(rng, "b", "gap", "Y", 8, 3, k=1, relu=False)]
     model = _model(parts, (3, 6, 5), (3, 1, 1))
-    compiled, x = _quantized(model, (3, 6, 5))
+    compiled, x = quantized_with_inputs(model, (3, 6, 5))
     g = compiled.quantization.graph
     gap = next(n for n in g.nodes if n.op == "QAveragePool")
     sub = g.copy()
@@ -249,7 +224,7 @@ def test_regions_without_calibrated_average_ranges():
                helper.make_node("Flatten", ["gap"], ["flat"], name="flat"),
                helper.make_node("Gemm", ["flat", "fc_w"], ["Y"], name="fc", transB=1)],
               {"fc_w": rng.standard_normal((10, 16)).astype(np.float32)})]
-    compiled, _ = _quantized(_model(parts, (3, 9, 7), (10,)), (3, 9, 7))
+    compiled, _ = quantized_with_inputs(_model(parts, (3, 9, 7), (10,)), (3, 9, 7))
     q = compiled.quantization
     ranges = {k: v for k, v in q.calibration.ranges.items() if k != "gap"}
     g = quantize_graph(q.fp32, ranges).graph
