@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 from llvmlite import ir
 
+from ...errors import LeptonError
 from ...ir import Dim, Value, dim_factors
 
 I1 = ir.IntType(1)
@@ -275,3 +276,33 @@ def _type_suffix(t: ir.Type) -> str:
 
 def _ident(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._" else "_" for c in name) or "v"
+
+
+class CodePaths:
+    """A kernel family's code paths (instruction sets), one of which tests may force.
+
+    ``runs(natural)`` is the set of paths a target whose best path is ``natural`` can run;
+    ``choose(natural, where)`` gives the path to emit: ``natural``, or the forced one if the
+    target can run it (else a ``LeptonError`` naming ``where``)."""
+
+    def __init__(self, what: str, paths: Sequence[str], runs: Callable[[str], set]):
+        self.what, self.paths, self.runs = what, tuple(paths), runs
+        self._forced: Optional[str] = None
+
+    @contextmanager
+    def forced(self, name: Optional[str]) -> Iterator[None]:
+        """Emit every kernel of the family compiled inside the ``with`` on path ``name`` (tests only)."""
+        if name is not None and name not in self.paths:
+            raise ValueError(f"unknown {self.what} path {name!r}; one of {self.paths}")
+        saved, self._forced = self._forced, name
+        try:
+            yield
+        finally:
+            self._forced = saved
+
+    def choose(self, natural: str, where: str) -> str:
+        if self._forced is None:
+            return natural
+        if self._forced not in self.runs(natural):
+            raise LeptonError(f"{self.what} path {self._forced} cannot run on {where} (it has {natural})")
+        return self._forced

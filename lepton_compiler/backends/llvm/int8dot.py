@@ -22,18 +22,16 @@ path must be one the target can run.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from functools import lru_cache
 from typing import Optional
 
 import numpy as np
 from llvmlite import ir
 
-from ...errors import LeptonError
 from ...ir import Node
 from ...ops import qmath
 from .activations import VECTOR_ACTIVATIONS, activate
-from .codegen import F32, I8, KernelBuilder
+from .codegen import F32, I8, CodePaths, KernelBuilder
 
 I16 = ir.IntType(16)
 I32 = ir.IntType(32)
@@ -44,31 +42,16 @@ _RUNS = {  # what a target of each kind can also run
     "pmaddwd512": {"pmaddwd512", "pmaddwd256", "portable"}, "pmaddwd256": {"pmaddwd256", "portable"},
     "portable": {"portable"},
 }
-_forced: Optional[str] = None
-
-
-@contextmanager
-def forced_path(name: Optional[str]):
-    """Emit every int8 kernel compiled inside the ``with`` on path ``name`` (tests only)."""
-    global _forced
-    if name is not None and name not in PATHS:
-        raise ValueError(f"unknown int8 path {name!r}; one of {PATHS}")
-    saved, _forced = _forced, name
-    try:
-        yield
-    finally:
-        _forced = saved
+PATH_SWITCH = CodePaths("int8", PATHS, _RUNS.__getitem__)
+forced_path = PATH_SWITCH.forced
+"""``with forced_path("pmaddwd256"):`` emits every int8 kernel on that path (tests only)."""
 
 
 def path_name(target) -> str:
     """The path the int8 kernels take on ``target`` (or the forced one)."""
     kind, bits = target.int8_path()
     natural = f"{kind}{bits}" if kind != "portable" else "portable"
-    if _forced is None:
-        return natural
-    if _forced not in _RUNS[natural]:
-        raise LeptonError(f"int8 path {_forced} cannot run on CPU '{target.cpu}' (it has {natural})")
-    return _forced
+    return PATH_SWITCH.choose(natural, f"CPU '{target.cpu}'")
 
 
 def choose_path(k: KernelBuilder) -> "DotPath":

@@ -13,32 +13,18 @@ Each row (the outermost dim) is split across threads. Tests force a path with ``
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Optional
 
 from llvmlite import ir
 
-from ...errors import LeptonError
 from ...ir import Node, shape_product
-from .codegen import I8, KernelBuilder
+from .codegen import I8, CodePaths, KernelBuilder
 from .int8dot import vec_load, vec_store
 from .registry import lowering
 
 PATHS = ("vbmi", "avx2", "scalar")
-_forced: Optional[str] = None
-
-
-@contextmanager
-def forced_path(name: Optional[str]):
-    """Emit every QLookup kernel compiled inside the ``with`` on path ``name`` (tests only)."""
-    global _forced
-    if name is not None and name not in PATHS:
-        raise ValueError(f"unknown lookup path {name!r}; one of {PATHS}")
-    saved, _forced = _forced, name
-    try:
-        yield
-    finally:
-        _forced = saved
+PATH_SWITCH = CodePaths("lookup", PATHS, lambda natural: set(PATHS[PATHS.index(natural):]))
+forced_path = PATH_SWITCH.forced
+"""``with forced_path("scalar"):`` emits every QLookup kernel on that path (tests only)."""
 
 
 def natural_path(target) -> str:
@@ -51,12 +37,7 @@ def natural_path(target) -> str:
 
 
 def path_name(target) -> str:
-    natural = natural_path(target)
-    if _forced is None:
-        return natural
-    if PATHS.index(_forced) < PATHS.index(natural):
-        raise LeptonError(f"lookup path {_forced} cannot run on this target (it has {natural})")
-    return _forced
+    return PATH_SWITCH.choose(natural_path(target), "this target")
 
 
 def _call(k: KernelBuilder, name: str, vtype: ir.VectorType, *args: ir.Value) -> ir.Value:
