@@ -47,6 +47,22 @@ def make_model(nodes: Iterable[onnx.NodeProto], inputs: Sequence[IOSpec], output
     return model
 
 
+def random_feeds(model: onnx.ModelProto, rng: np.random.Generator, batches: Sequence[int],
+                 draw=None) -> list[dict[str, np.ndarray]]:
+    """One feed per batch size, symbolic dims set to the batch: ``draw(rng, name, shape)`` for each
+    input in order (default: standard normal), as float32."""
+    feeds = []
+    for batch in batches:
+        feed = {}
+        for info in model.graph.input:
+            dims = info.type.tensor_type.shape.dim
+            shape = [d.dim_value if d.HasField("dim_value") else batch for d in dims]
+            x = rng.standard_normal(shape) if draw is None else draw(rng, info.name, shape)
+            feed[info.name] = np.asarray(x, np.float32)
+        feeds.append(feed)
+    return feeds
+
+
 def ort_run(model: onnx.ModelProto, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """Run ``model`` with ONNX Runtime on the CPU (all graph optimizations off, for a faithful reference)."""
     import onnxruntime as ort

@@ -12,7 +12,7 @@ import pytest
 from onnx import helper
 
 import lepton_compiler as lc
-from conftest import assert_matches_ort, make_model
+from conftest import assert_matches_ort, make_model, random_feeds
 from lepton_compiler.api import compile_graph
 from lepton_compiler.backends.llvm import gemm
 from lepton_compiler.backends.llvm.target import X86_LEVELS, host_target
@@ -63,15 +63,9 @@ def gemm_model(rng, m, n, kk, attrs=None, c_shape=None, b_const=True, c_const=Tr
 
 
 def feeds_for(model, rng, batches, scale_b=None):
-    feeds = []
-    for batch in batches:
-        feed = {}
-        for info in model.graph.input:
-            dims = info.type.tensor_type.shape.dim
-            shape = [d.dim_value if d.HasField("dim_value") else batch for d in dims]
-            feed[info.name] = normal(rng, *shape, scale=(scale_b if info.name == "B" and scale_b else 1.0))
-        feeds.append(feed)
-    return feeds
+    def draw(rng, name, shape):
+        return (scale_b if name == "B" and scale_b else 1.0) * rng.standard_normal(shape)
+    return random_feeds(model, rng, batches, draw)
 
 
 def check(model, rng, batches=ROWS, kk=1, **kw):

@@ -13,29 +13,20 @@ from onnx import TensorProto, helper
 
 import lepton_compiler as lc
 from conftest import assert_matches_ort, make_model, ort_run
+from conftest import random_feeds as conftest_random_feeds
 
 RTOL = ATOL = 1e-5
 BATCHES = (1, 7)
 
 
 def random_feeds(model: onnx.ModelProto, rng: np.random.Generator, batches=BATCHES, away_from_zero=()):
-    """One feed per batch size: standard-normal float32 inputs, symbolic dims set to the batch.
-
-    Inputs named in ``away_from_zero`` get magnitudes in [0.5, 2] (safe divisors).
-    """
-    feeds = []
-    for batch in batches:
-        feed = {}
-        for info in model.graph.input:
-            dims = info.type.tensor_type.shape.dim
-            shape = [d.dim_value if d.HasField("dim_value") else batch for d in dims]
-            if info.name in away_from_zero:
-                x = rng.uniform(0.5, 2.0, shape) * rng.choice([-1.0, 1.0], shape)
-            else:
-                x = rng.standard_normal(shape)
-            feed[info.name] = np.asarray(x, np.float32)
-        feeds.append(feed)
-    return feeds
+    """Standard-normal feeds (``conftest.random_feeds``); inputs named in ``away_from_zero`` get
+    magnitudes in [0.5, 2] (safe divisors)."""
+    def draw(rng, name, shape):
+        if name in away_from_zero:
+            return rng.uniform(0.5, 2.0, shape) * rng.choice([-1.0, 1.0], shape)
+        return rng.standard_normal(shape)
+    return conftest_random_feeds(model, rng, batches, draw)
 
 
 def check(model, rng, batches=BATCHES, away_from_zero=()):

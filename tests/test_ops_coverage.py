@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import lepton_compiler as lc
-from conftest import assert_matches_ort, make_model, ort_run
+from conftest import assert_matches_ort, make_model, ort_run, random_feeds
 
 RTOL = ATOL = 1e-5
 BATCHES = (1, 7)
@@ -23,16 +23,9 @@ BATCHES = (1, 7)
 
 def feeds_for(model: onnx.ModelProto, rng: np.random.Generator, batches=BATCHES, positive=(), scale=1.0):
     """One feed per batch size: standard-normal float32 inputs (``positive`` ones in [0.1, 3])."""
-    feeds = []
-    for batch in batches:
-        feed = {}
-        for info in model.graph.input:
-            dims = info.type.tensor_type.shape.dim
-            shape = [d.dim_value if d.HasField("dim_value") else batch for d in dims]
-            x = rng.uniform(0.1, 3.0, shape) if info.name in positive else rng.standard_normal(shape) * scale
-            feed[info.name] = np.asarray(x, np.float32)
-        feeds.append(feed)
-    return feeds
+    def draw(rng, name, shape):
+        return rng.uniform(0.1, 3.0, shape) if name in positive else rng.standard_normal(shape) * scale
+    return random_feeds(model, rng, batches, draw)
 
 
 def check(model, rng, batches=BATCHES, positive=(), rtol=RTOL, atol=ATOL, opt_level=3, scale=1.0):
