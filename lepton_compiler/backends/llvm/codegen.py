@@ -136,6 +136,16 @@ class KernelBuilder:
         return self.b.bitcast(raw, LLVM_TYPES[str(array.dtype)].as_pointer())
 
     # -- control flow ------------------------------------------------------------------------
+    def vector_tiles(self, count: int, lanes: int, body: Callable[[ir.Value, int], None], name: str = "t") -> None:
+        """``body(start, width)`` over ``count`` elements in tiles of ``lanes``: a loop over the full
+        tiles (``width == lanes``), then the partial last one, if any."""
+        full = count // lanes
+        if full:
+            with self.loop(full, name=name) as t:
+                body(self.b.mul(t, self.i64(lanes)), lanes)
+        if count % lanes:
+            body(self.i64(full * lanes), count % lanes)
+
     @contextmanager
     def loop(self, stop: IntLike, start: IntLike = 0, name: str = "i") -> Iterator[ir.Value]:
         """``for (i = start; i < stop; ++i)`` with the body emitted inside the ``with``."""

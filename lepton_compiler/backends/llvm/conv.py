@@ -365,12 +365,8 @@ def lower_vector_maxpool(k: KernelBuilder, node: Node, g: Geometry2D, byte: bool
                 else:
                     mstore(k, b.load(best), middle, at, mask, L)
 
-            full = g.in_w // L
-            if full:
-                with k.loop(full, name="iw") as t:
-                    rows_max(b.mul(t, k.i64(L)), None)
-            if g.in_w % L:
-                rows_max(k.i64(full * L), [j < g.in_w % L for j in range(L)])
+            k.vector_tiles(g.in_w, L, lambda at, width: rows_max(at, None if width == L else
+                                                                 [j < width for j in range(L)]), name="iw")
         # pass 2: the max across the window's columns
         with k.loop(g.out_h, name="oh2") as oh:
             row = b.gep(rows, [b.mul(oh, k.i64(width))])
@@ -387,12 +383,7 @@ def lower_vector_maxpool(k: KernelBuilder, node: Node, g: Geometry2D, byte: bool
                     best = vmax(best, v)
                 mstore(k, best, out_row, ow0, [j < valid for j in range(L)], L)
 
-            full_out = g.out_w // L
-            if full_out:
-                with k.loop(full_out, name="ow") as t:
-                    columns_max(b.mul(t, k.i64(L)), L)
-            if g.out_w % L:
-                columns_max(k.i64(full_out * L), g.out_w % L)
+            k.vector_tiles(g.out_w, L, columns_max, name="ow")
 
 
 def maxpool_lanes(g: Geometry2D, lanes: int) -> int:

@@ -573,12 +573,7 @@ class SpatialConv:
                     best = k.max(best, v)
             self.masked_store(best, out, pw0, [j < lanes_valid for j in range(L)])
 
-        full = p.out_w // L
-        if full:
-            with k.loop(full, name="pw") as t:
-                vector(b.mul(t, k.i64(L)), L)
-        if p.out_w % L:
-            vector(k.i64(full * L), p.out_w % L)
+        k.vector_tiles(p.out_w, L, vector, name="pw")
 
 
 @dataclass
